@@ -1,0 +1,26 @@
+# The two commands of the README. Both install what they need first (idempotent).
+PY := .venv/bin/python
+
+.PHONY: setup demo test unit integration lint bench
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@.venv/bin/multiconsole demo
+
+test: setup
+	@.venv/bin/ruff check multiconsole tests bench
+	@.venv/bin/pytest -q -p no:cacheprovider
+
+unit: setup
+	@.venv/bin/pytest -q tests/unit
+
+integration: setup
+	@.venv/bin/pytest -q tests/integration
+
+lint: setup
+	@.venv/bin/ruff check multiconsole tests bench
+	@.venv/bin/ruff format --check multiconsole tests bench
+
+bench: setup
+	@$(PY) bench/agent.py

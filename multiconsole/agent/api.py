@@ -1,0 +1,208 @@
+"""The agent's JSON-RPC methods: one typed request and result model each.
+
+The models are the schema served at GET /jsonrpc/schema; the dispatcher validates
+every call against them before the VmManager sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from multiconsole.agent.vms import VmManager
+from multiconsole.domain.devices import GraphicsType
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(Params):
+    pass
+
+
+class VmIdParams(Params):
+    vmID: str = Field(description="the VM's UUID (also the libvirt domain UUID)")
+
+
+class CreateParams(VmIdParams):
+    vmParams: dict[str, Any] = Field(
+        description="vmCreate parameters: graphics as devices (cluster level >= 3.4) "
+        "or the legacy top-level 'display' field"
+    )
+
+
+class TicketUser(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    userName: str | None = None
+    userId: str | None = None
+
+
+class SetTicketParams(VmIdParams):
+    password: SecretStr
+    ttl: int = Field(description="seconds the password is valid, > 0")
+    existingConnAction: Literal["disconnect", "keep", "fail"] = "disconnect"
+    params: TicketUser = Field(default_factory=TicketUser)
+
+
+class GraphicsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deviceType: Literal["graphics"]
+    graphicsType: GraphicsType
+    password: SecretStr
+    ttl: int = Field(description="seconds the password is valid, > 0")
+    existingConnAction: Literal["disconnect", "keep", "fail"] = "disconnect"
+    disconnectAction: Literal["LOCK_SCREEN", "LOGOUT", "SHUTDOWN", "REBOOT", "NONE"] = "LOCK_SCREEN"
+    params: TicketUser = Field(default_factory=TicketUser)
+
+
+class UpdateDeviceParams(VmIdParams):
+    params: GraphicsUpdate
+
+
+class DisplayInfo(BaseModel):
+    type: GraphicsType
+    port: str
+    tlsPort: str
+    ipAddress: str
+
+
+class ConsoleClient(BaseModel):
+    type: GraphicsType
+    ipAddress: str
+    since: float
+
+
+class VmStats(BaseModel):
+    vmId: str
+    vmName: str
+    status: str
+    memSize: int
+    smp: int
+    cpuTime: int
+    displayInfo: list[DisplayInfo]
+    displayType: str = Field(
+        description="legacy: 'qxl' when the primary console is SPICE, else 'vnc'"
+    )
+    displayPort: str
+    displaySecurePort: str
+    displayIp: str
+    additionalDisplayPort: str = Field(description="VNC's port when SPICE is the primary console")
+    consoleClients: list[ConsoleClient]
+
+
+class VmListEntry(BaseModel):
+    vmId: str
+    status: str
+
+
+class CreateResult(BaseModel):
+    vmList: VmStats
+
+
+class EmptyVmList(BaseModel):
+    vmList: dict[str, Any]
+
+
+class Empty(BaseModel):
+    pass
+
+
+class Capabilities(BaseModel):
+    hostName: str
+    arch: str
+    cpuCores: int
+    memTotal: int = Field(description="MiB")
+    memFree: int = Field(description="MiB")
+    libvirtVersion: str
+    qemuVersion: str
+    virtType: str = Field(description="kvm, qemu (TCG) or test")
+    kvmEnabled: bool
+    graphicsTypes: list[str]
+    videoTypes: list[str]
+    graphicsDevices: bool = Field(description="accepts graphics as vmCreate devices")
+    legacyDisplay: bool = Field(description="accepts the legacy 'display' field")
+    spiceTls: bool
+    displayListen: str
+    clusterLevels: list[str]
+
+
+@dataclass(frozen=True)
+class Method:
+    params: type[Params]
+    result: Any
+    doc: str
+    call: Any  # (VmManager, params model) -> result
+
+
+def _secret(s: SecretStr) -> str:
+    return s.get_secret_value()
+
+
+METHODS: dict[str, Method] = {
+    "Host.getCapabilities": Method(
+        NoParams, Capabilities, "What this host can run.", lambda vm, p: vm.capabilities()
+    ),
+    "Host.getVMList": Method(
+        NoParams, list[VmListEntry], "The VMs this agent runs.", lambda vm, p: vm.vm_list()
+    ),
+    "Host.getAllVmStats": Method(
+        NoParams, list[VmStats], "Stats of every VM of this agent.", lambda vm, p: vm.all_stats()
+    ),
+    "VM.create": Method(
+        CreateParams,
+        CreateResult,
+        "Define and start a VM; its consoles start locked.",
+        lambda vm, p: vm.create(p.vmID, p.vmParams),
+    ),
+    "VM.getStats": Method(
+        VmIdParams, list[VmStats], "Stats of one VM.", lambda vm, p: vm.stats(p.vmID)
+    ),
+    "VM.destroy": Method(
+        VmIdParams, Empty, "Stop a VM and forget it.", lambda vm, p: vm.destroy(p.vmID)
+    ),
+    "VM.setTicket": Method(
+        SetTicketParams,
+        EmptyVmList,
+        "Legacy: set the password of the VM's first console.",
+        lambda vm, p: vm.set_ticket(p.vmID, None, _secret(p.password), p.ttl, p.existingConnAction),
+    ),
+    "VM.updateDevice": Method(
+        UpdateDeviceParams,
+        EmptyVmList,
+        "Set the password of the VM's console of one type (deviceType 'graphics').",
+        lambda vm, p: vm.set_ticket(
+            p.vmID,
+            p.params.graphicsType,
+            _secret(p.params.password),
+            p.params.ttl,
+            p.params.existingConnAction,
+        ),
+    ),
+}
+
+
+def schema() -> dict:
+    """The whole API as JSON Schema: params, result and error codes of every method."""
+    from pydantic import TypeAdapter
+
+    from multiconsole.wire.errors import MESSAGES
+
+    return {
+        "jsonrpc": "2.0",
+        "methods": {
+            name: {
+                "description": m.doc,
+                "params": m.params.model_json_schema(),
+                "result": TypeAdapter(m.result).json_schema(),
+            }
+            for name, m in METHODS.items()
+        },
+        "errors": {int(code): text for code, text in MESSAGES.items()},
+    }
+
+
+def call(manager: VmManager, name: str, params: Params) -> Any:
+    return METHODS[name].call(manager, params)

@@ -1,0 +1,425 @@
+"""The agent's work on libvirt: create, destroy, stats, tickets, capabilities, recovery.
+
+Stateless by design: every answer is read from libvirt (the live XML and the vmParams
+kept in each domain's metadata), so an agent killed and restarted finds its VMs again.
+Only console clients, learned from events, live in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import libvirt
+from lxml import etree
+
+from multiconsole.agent import domxml
+from multiconsole.agent.events import EventHub
+from multiconsole.agent.libvirtconn import Connection
+from multiconsole.domain.devices import VNC_PASSWORD_MAX, GraphicsType, VideoModel
+from multiconsole.domain.errors import FieldError
+from multiconsole.wire.errors import MESSAGES, ErrorCode
+from multiconsole.wire.stats import display_stats
+from multiconsole.wire.vmcreate import parse_vm_params
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    libvirt.VIR_DOMAIN_NOSTATE: "Unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "Up",
+    libvirt.VIR_DOMAIN_BLOCKED: "Up",
+    libvirt.VIR_DOMAIN_PAUSED: "Paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "Powering down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "Down",
+    libvirt.VIR_DOMAIN_CRASHED: "Down",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "Suspended",
+}
+LIFECYCLE = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "Up",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "Paused",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "Up",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "Down",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "Powering down",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "Down",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "Suspended",
+}
+GRAPHICS_PHASES = {
+    libvirt.VIR_DOMAIN_EVENT_GRAPHICS_CONNECT: "connect",
+    libvirt.VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE: "initialize",
+    libvirt.VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT: "disconnect",
+}
+TICKET_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+TTL_MAX = 7 * 24 * 3600
+CONN_ACTIONS = ("disconnect", "keep", "fail")
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+class AgentError(Exception):
+    """A failure the engine gets as a JSON-RPC error with a stable code."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None, data: dict | None = None):
+        super().__init__(message or MESSAGES[code])
+        self.code = code
+        self.message = message or MESSAGES[code]
+        self.data = data
+
+
+def _field_error(err: FieldError) -> AgentError:
+    return AgentError(
+        ErrorCode.INVALID_PARAMS, str(err), {"field": err.field, "reason": err.reason}
+    )
+
+
+def _libvirt_error(action: str, err: libvirt.libvirtError) -> AgentError:
+    return AgentError(ErrorCode.LIBVIRT_FAILURE, f"{action}: {err.get_error_message()}")
+
+
+def spice_tls_configured(uri: str, conf: Path = QEMU_CONF) -> bool:
+    """True when libvirt's QEMU driver has SPICE TLS on (``spice_tls = 1`` in qemu.conf)."""
+    if not uri.startswith("qemu"):
+        return False
+    try:
+        text = conf.read_text()
+    except OSError:
+        return False
+    return re.search(r"^\s*spice_tls\s*=\s*1\s*$", text, re.M) is not None
+
+
+class VmManager:
+    def __init__(
+        self,
+        uri: str = "qemu:///system",
+        virt_type: str = "auto",
+        listen_address: str = "0.0.0.0",
+        events: EventHub | None = None,
+    ):
+        self.events = events or EventHub()
+        self._create_lock = threading.Lock()
+        # vmId -> {port: console type}, so graphics events can name the console.
+        self._ports: dict[str, dict[int, str]] = {}
+        self._known: set[str] = set()
+        self.conn = Connection(uri, on_open=self._register_events)
+        conn = self.conn.get()
+        self.host = domxml.HostDisplay(
+            virt_type=self._virt_type(conn, virt_type),
+            arch=conn.getInfo()[0] if not uri.startswith("test") else "x86_64",
+            listen_address=listen_address,
+            spice_tls=spice_tls_configured(uri),
+        )
+        self._caps: dict | None = None
+        self.recover()
+
+    # --- set-up ------------------------------------------------------------------
+
+    def _virt_type(self, conn: libvirt.virConnect, wanted: str) -> str:
+        if self.conn.uri.startswith("test"):
+            return "test"
+        if wanted in ("kvm", "qemu"):
+            return wanted
+        usable = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+        if usable:
+            try:
+                conn.getDomainCapabilities(None, None, None, "kvm")
+                return "kvm"
+            except libvirt.libvirtError:
+                pass
+        return "qemu"
+
+    def _register_events(self, conn: libvirt.virConnect) -> None:
+        conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+        )
+        try:
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS, self._on_graphics, None
+            )
+        except libvirt.libvirtError:
+            log.info("graphics events not supported by uri=%s", self.conn.uri)
+
+    def recover(self) -> list[str]:
+        """Find the VMs this agent runs (ours = our metadata), after a restart or crash."""
+        found = []
+        for dom in self._our_domains():
+            vm_id = dom.UUIDString()
+            found.append(vm_id)
+            if dom.isActive():
+                self._remember_ports(vm_id, dom.XMLDesc(0))
+        self._known = set(found)
+        if found:
+            log.info("recovered vms=%d", len(found))
+        return found
+
+    # --- events ------------------------------------------------------------------
+
+    def _on_lifecycle(self, _conn, dom, event, detail, _opaque) -> None:
+        vm_id = dom.UUIDString()
+        status = LIFECYCLE.get(event)
+        if vm_id not in self._known or status is None:
+            return
+        if status == "Down":
+            self.events.forget(vm_id)
+        self.events.publish(
+            {"event": "lifecycle", "vmId": vm_id, "status": status, "detail": detail}
+        )
+
+    def _on_graphics(
+        self, _conn, dom, phase, local, remote, auth_scheme, _subject, _opaque
+    ) -> None:
+        vm_id = dom.UUIDString()
+        if vm_id not in self._known:
+            return
+        try:
+            port = int(local.get("service", "-1"))
+        except ValueError:
+            port = -1
+        console = self._ports.get(vm_id, {}).get(port)
+        if console is None:
+            console = "spice" if "spice" in (auth_scheme or "") else "vnc"
+        self.events.console_event(
+            vm_id,
+            GRAPHICS_PHASES.get(phase, str(phase)),
+            console,
+            remote.get("node", ""),
+            remote.get("service", ""),
+        )
+
+    def _remember_ports(self, vm_id: str, xml: str) -> list:
+        consoles = domxml.live_consoles(xml)
+        ports: dict[int, str] = {}
+        for c in consoles:
+            for p in (c.port, c.tls_port):
+                if p and p > 0:
+                    ports[p] = c.type.value
+        self._ports[vm_id] = ports
+        return consoles
+
+    # --- lookups -----------------------------------------------------------------
+
+    def _our_domains(self) -> list[libvirt.virDomain]:
+        try:
+            doms = self.conn.get().listAllDomains(0)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error("listing domains", err) from None
+        out = []
+        for dom in doms:
+            try:
+                if domxml.stored_params(dom.XMLDesc(0)) is not None:
+                    out.append(dom)
+            except libvirt.libvirtError:
+                continue  # vanished meanwhile
+        return out
+
+    def _domain(self, vm_id: str) -> libvirt.virDomain:
+        try:
+            dom = self.conn.get().lookupByUUIDString(vm_id)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise AgentError(ErrorCode.NO_SUCH_VM, f"no VM with id {vm_id}") from None
+            raise _libvirt_error("looking up the VM", err) from None
+        if domxml.stored_params(dom.XMLDesc(0)) is None:
+            raise AgentError(ErrorCode.NO_SUCH_VM, f"VM {vm_id} is not managed by this agent")
+        return dom
+
+    # --- methods -----------------------------------------------------------------
+
+    def create(self, vm_id: str, params: dict) -> dict:
+        try:
+            spec = parse_vm_params(params, vm_id)
+        except FieldError as err:
+            raise _field_error(err) from None
+        xml = domxml.build(spec, params, self.host)
+        conn = self.conn.get()
+        with self._create_lock:
+            for lookup, key, what in (
+                (conn.lookupByUUIDString, spec.vm_id, "id"),
+                (conn.lookupByName, spec.name, "name"),
+            ):
+                try:
+                    lookup(key)
+                except libvirt.libvirtError:
+                    continue
+                raise AgentError(ErrorCode.VM_EXISTS, f"a VM with {what} {key} already exists")
+            try:
+                dom = conn.defineXML(xml)
+            except libvirt.libvirtError as err:
+                raise _libvirt_error("defining the VM", err) from None
+            try:
+                dom.create()
+            except libvirt.libvirtError as err:
+                self._undefine(dom)
+                raise _libvirt_error("starting the VM", err) from None
+            self._known.add(spec.vm_id)
+        log.info(
+            "vm created vm_id=%s name=%s consoles=%s",
+            spec.vm_id,
+            spec.name,
+            ",".join(g.type.value for g in spec.graphics) or "none",
+        )
+        return {"vmList": self._stats(dom)}
+
+    def _undefine(self, dom: libvirt.virDomain) -> None:
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError:
+            try:
+                dom.undefine()
+            except libvirt.libvirtError as err:
+                log.warning("could not undefine vm_id=%s: %s", dom.UUIDString(), err)
+
+    def destroy(self, vm_id: str) -> dict:
+        dom = self._domain(vm_id)
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError as err:
+            raise _libvirt_error("stopping the VM", err) from None
+        self._undefine(dom)
+        self._known.discard(vm_id)
+        self._ports.pop(vm_id, None)
+        self.events.forget(vm_id)
+        log.info("vm destroyed vm_id=%s", vm_id)
+        return {}
+
+    def _stats(self, dom: libvirt.virDomain) -> dict:
+        vm_id = dom.UUIDString()
+        xml = dom.XMLDesc(0)
+        state, _max_mem, mem_kib, vcpus, cpu_time = dom.info()
+        status = STATUS.get(state, "Unknown")
+        running = status in ("Up", "Paused", "Powering down")
+        consoles = self._remember_ports(vm_id, xml) if running else []
+        return {
+            "vmId": vm_id,
+            "vmName": dom.name(),
+            "status": status,
+            "memSize": mem_kib // 1024,
+            "smp": vcpus,
+            "cpuTime": cpu_time,
+            **display_stats(consoles),
+            "consoleClients": self.events.console_clients(vm_id) if running else [],
+        }
+
+    def stats(self, vm_id: str) -> list[dict]:
+        dom = self._domain(vm_id)
+        try:
+            return [self._stats(dom)]
+        except libvirt.libvirtError as err:
+            raise _libvirt_error("reading VM stats", err) from None
+
+    def all_stats(self) -> list[dict]:
+        out = []
+        for dom in self._our_domains():
+            try:
+                out.append(self._stats(dom))
+            except libvirt.libvirtError:
+                continue  # destroyed while we looked
+        return out
+
+    def vm_list(self) -> list[dict]:
+        out = []
+        for dom in self._our_domains():
+            try:
+                out.append(
+                    {"vmId": dom.UUIDString(), "status": STATUS.get(dom.state()[0], "Unknown")}
+                )
+            except libvirt.libvirtError:
+                continue
+        return out
+
+    def set_ticket(
+        self,
+        vm_id: str,
+        gtype: GraphicsType | None,
+        password: str,
+        ttl: int,
+        existing_conn_action: str = "disconnect",
+    ) -> dict:
+        """Set a console password valid for `ttl` seconds: on the console of `gtype`, or,
+        with None, on the VM's first console (the order the engine sent them)."""
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= TTL_MAX:
+            raise _field_error(FieldError("ttl", f"must be 1..{TTL_MAX} seconds"))
+        if not password:
+            raise _field_error(
+                FieldError("password", "must not be empty (it would lock or open the console)")
+            )
+        if existing_conn_action not in CONN_ACTIONS:
+            raise _field_error(
+                FieldError("existingConnAction", f"must be one of {', '.join(CONN_ACTIONS)}")
+            )
+        dom = self._domain(vm_id)
+        if not dom.isActive():
+            raise AgentError(ErrorCode.VM_NOT_RUNNING, f"VM {vm_id} is not running")
+        xml = dom.XMLDesc(0)
+        if gtype is None:
+            spec = parse_vm_params(domxml.stored_params(xml), vm_id)
+            if not spec.graphics:
+                raise AgentError(ErrorCode.NO_SUCH_DEVICE, f"VM {vm_id} is headless: no console")
+            gtype = spec.graphics[0].type
+        if gtype == GraphicsType.VNC and len(password) > VNC_PASSWORD_MAX:
+            raise _field_error(
+                FieldError("password", f"VNC passwords are at most {VNC_PASSWORD_MAX} characters")
+            )
+        valid_to = (datetime.now(UTC) + timedelta(seconds=ttl)).strftime(TICKET_TIME_FORMAT)
+        # QEMU's VNC server knows only "keep" for existing clients.
+        connected = existing_conn_action if gtype == GraphicsType.SPICE else None
+        try:
+            device = domxml.ticket_update(xml, gtype, password, valid_to, connected)
+        except LookupError:
+            raise AgentError(
+                ErrorCode.NO_SUCH_DEVICE, f"VM {vm_id} has no {gtype.value} console"
+            ) from None
+        try:
+            dom.updateDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error(f"setting the {gtype.value} ticket", err) from None
+        log.info("ticket set vm_id=%s console=%s ttl=%d", vm_id, gtype.value, ttl)
+        return {"vmList": {}}
+
+    def capabilities(self) -> dict:
+        conn = self.conn.get()
+        if self._caps is None:
+            self._caps = self._static_capabilities(conn)
+        info = conn.getInfo()
+        try:
+            free = conn.getFreeMemory() // (1024 * 1024)
+        except libvirt.libvirtError:
+            free = info[1]
+        return {**self._caps, "memTotal": info[1], "memFree": free, "cpuCores": info[2]}
+
+    def _static_capabilities(self, conn: libvirt.virConnect) -> dict:
+        graphics = [g.value for g in GraphicsType]
+        video = [v.value for v in VideoModel]
+        if not self.conn.uri.startswith("test"):
+            try:
+                caps = etree.fromstring(
+                    conn.getDomainCapabilities(None, None, None, self.host.virt_type).encode()
+                )
+                offered = set(caps.xpath("devices/graphics/enum[@name='type']/value/text()"))
+                graphics = [g for g in graphics if g in offered] or graphics
+                models = set(caps.xpath("devices/video/enum[@name='modelType']/value/text()"))
+                video = [v for v in video if v in models] or video
+            except libvirt.libvirtError:
+                pass
+
+        def version(n: int) -> str:
+            return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
+
+        return {
+            "hostName": platform.node(),
+            "arch": self.host.arch,
+            "libvirtVersion": version(conn.getLibVersion()),
+            "qemuVersion": version(conn.getVersion()),
+            "virtType": self.host.virt_type,
+            "kvmEnabled": self.host.virt_type == "kvm",
+            "graphicsTypes": graphics,
+            "videoTypes": video,
+            "graphicsDevices": True,
+            "legacyDisplay": True,
+            "spiceTls": self.host.spice_tls,
+            "displayListen": self.host.listen_address,
+            "clusterLevels": ["3.3", "3.4", "4.0"],
+        }

@@ -1,0 +1,86 @@
+"""`multiconsole` command line: the agent, the demo, and (later) the engine and clients."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import typer
+
+from multiconsole import logs
+
+app = typer.Typer(
+    help="multiconsole: VMs with SPICE and VNC consoles side by side.", no_args_is_help=True
+)
+
+DEFAULT_PKI = Path("/etc/multiconsole/pki")
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    try:
+        return host.strip("[]") or "0.0.0.0", int(port)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not HOST:PORT") from None
+
+
+@app.command()
+def agent(
+    libvirt_uri: str = typer.Option("qemu:///system", help="libvirt connection URI"),
+    listen: str = typer.Option("0.0.0.0:54321", help="HOST:PORT to serve JSON-RPC on"),
+    insecure: bool = typer.Option(False, help="serve plain HTTP without client certificates"),
+    virt_type: str = typer.Option("auto", help="auto, kvm or qemu (TCG)"),
+    display_listen: str = typer.Option("0.0.0.0", help="address the consoles listen on"),
+    pki_dir: Path = typer.Option(DEFAULT_PKI, help="agent-cert.pem, agent-key.pem and ca-cert.pem"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
+) -> None:
+    """Run the host agent: VMs through libvirt, JSON-RPC for the engine."""
+    from multiconsole.agent.server import serve
+    from multiconsole.agent.vms import VmManager
+
+    logs.setup(verbose)
+    if virt_type not in ("auto", "kvm", "qemu"):
+        raise typer.BadParameter("--virt-type must be auto, kvm or qemu")
+    host, port = _host_port(listen, 54321)
+    tls = None
+    if not insecure:
+        cert, key, ca = (pki_dir / n for n in ("agent-cert.pem", "agent-key.pem", "ca-cert.pem"))
+        missing = [str(p) for p in (cert, key, ca) if not p.exists()]
+        if missing:
+            typer.echo(
+                f"agent: no certificates ({', '.join(missing)} missing): enrol this host "
+                "or pass --insecure to serve plain HTTP",
+                err=True,
+            )
+            raise typer.Exit(2)
+        tls = {
+            "ssl_certfile": str(cert),
+            "ssl_keyfile": str(key),
+            "ssl_ca_certs": str(ca),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen)
+    serve(manager, host, port, tls)
+
+
+@app.command()
+def demo(
+    agent_port: int = typer.Option(54321, help="port of the demo's agent"),
+    virt_type: str = typer.Option("qemu", help="auto, kvm or qemu (TCG)"),
+    ticket_ttl: int = typer.Option(600, help="seconds the printed console passwords stay valid"),
+) -> None:
+    """Run an agent and a VM named 'demo' with SPICE and VNC; print how to connect."""
+    from multiconsole.demo import run
+
+    logs.setup(False)
+    run(agent_port=agent_port, virt_type=virt_type, ticket_ttl=ticket_ttl)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

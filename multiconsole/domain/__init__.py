@@ -1,0 +1,1 @@
+"""What a VM's display is: devices, enums and the rules about them. Pure, no I/O."""

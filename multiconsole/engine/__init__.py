@@ -1,0 +1,1 @@
+"""The engine: owns VM configuration and drives host agents through their client."""

@@ -1,0 +1,19 @@
+"""Where multiconsole keeps its files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    """$MULTICONSOLE_DATA, else /var/lib/multiconsole for root, else ~/.local/share/multiconsole."""
+    env = os.environ.get("MULTICONSOLE_DATA")
+    if env:
+        path = Path(env)
+    elif os.geteuid() == 0:
+        path = Path("/var/lib/multiconsole")
+    else:
+        path = Path.home() / ".local/share/multiconsole"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,343 @@
+"""Parse and validate `vmCreate` parameters in both protocol generations.
+
+New form (cluster level >= 3.4): graphics are regular entries of ``devices``.
+Legacy form: no graphics device, a top-level ``display`` of ``vnc``, ``qxl`` or
+``qxlnc`` (both SPICE; ``nc`` = no image compression), absent = headless.
+Graphics devices, when present, win over ``display``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from typing import Any
+
+from multiconsole.domain.devices import (
+    SPICE_CHANNELS,
+    Graphics,
+    GraphicsType,
+    PciAddress,
+    Video,
+    VideoModel,
+    VmSpec,
+)
+from multiconsole.domain.errors import FieldError
+
+LEGACY_DISPLAYS = ("vnc", "qxl", "qxlnc")
+DEVICE_TYPES = ("video", "graphics")
+# oVirt's engine names a SPICE framebuffer "qxl" in the feature page's proposal.
+GRAPHICS_ALIASES = {"spice": GraphicsType.SPICE, "qxl": GraphicsType.SPICE, "vnc": GraphicsType.VNC}
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEYMAP_RE = re.compile(r"^[a-z]{2,3}(-[a-z]{2,8})?$")
+NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,49}$")
+
+MEMORY_MIB = (16, 1024 * 1024)
+VCPUS = (1, 256)
+VRAM_KIB = (1024, 1024 * 1024)
+HEADS = (1, 4)
+MAX_VIDEO = 4
+MONITORS = (1, 4)
+
+
+def parse_vm_params(params: Any, vm_id: str | None = None) -> VmSpec:
+    """Turn ``vmParams`` into a VmSpec, or raise FieldError naming the first bad field."""
+    if not isinstance(params, dict):
+        raise FieldError("vmParams", "must be an object")
+    vm_id = _vm_id(params, vm_id)
+    name = params.get("vmName", f"vm-{vm_id[:8]}")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise FieldError(
+            "vmName",
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    memory = _int(params.get("memSize", 256), "memSize", *MEMORY_MIB)
+    vcpus = _int(params.get("smp", 1), "smp", *VCPUS)
+
+    display = params.get("display")
+    if display is not None and display not in LEGACY_DISPLAYS:
+        raise FieldError("display", f"unknown value {display!r}: expected one of vnc, qxl, qxlnc")
+    for key in ("displayPort", "displaySecurePort"):
+        if key in params:
+            _int(params[key], key, -1, 65535)
+
+    if "devices" in params:
+        devices = params["devices"]
+        if not isinstance(devices, list):
+            raise FieldError("devices", "must be a list of device objects")
+        video, graphics = _devices(devices)
+        if not graphics and display is not None:
+            graphics = (_legacy_graphics(params, display),)
+    else:
+        graphics = (_legacy_graphics(params, display),) if display is not None else ()
+        video = _default_video(params, display)
+
+    if graphics and video and video[0].model == VideoModel.NONE:
+        raise FieldError(
+            "devices", "video 'none' cannot show a graphics console: pick another video"
+        )
+    return VmSpec(
+        vm_id=vm_id, name=name, memory_mib=memory, vcpus=vcpus, video=video, graphics=graphics
+    )
+
+
+def _vm_id(params: dict, vm_id: str | None) -> str:
+    given = params.get("vmId", vm_id)
+    field = "vmId" if "vmId" in params else "vmID"
+    if not isinstance(given, str):
+        raise FieldError(field, "must be a UUID string")
+    try:
+        canonical = str(uuid.UUID(given))
+    except ValueError:
+        raise FieldError(field, f"{given!r} is not a UUID") from None
+    if vm_id is not None and "vmId" in params:
+        try:
+            other = str(uuid.UUID(vm_id))
+        except ValueError:
+            raise FieldError("vmID", f"{vm_id!r} is not a UUID") from None
+        if other != canonical:
+            raise FieldError("vmParams.vmId", "differs from the vmID of the call")
+    return canonical
+
+
+def _devices(devices: list) -> tuple[tuple[Video, ...], tuple[Graphics, ...]]:
+    video: list[Video] = []
+    graphics: list[Graphics] = []
+    for i, dev in enumerate(devices):
+        where = f"devices[{i}]"
+        if not isinstance(dev, dict):
+            raise FieldError(where, "must be an object")
+        dtype = dev.get("type")
+        if dtype not in DEVICE_TYPES:
+            raise FieldError(
+                f"{where}.type", f"unknown device type {dtype!r}: expected video or graphics"
+            )
+        spec = dev.get("specParams", {})
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise FieldError(f"{where}.specParams", "must be an object")
+        device_id = _device_id(dev, where)
+        if dtype == "video":
+            video.append(_video(dev, spec, where, device_id))
+        else:
+            g = _graphics(dev, spec, where, device_id)
+            if any(other.type == g.type for other in graphics):
+                raise FieldError(
+                    f"{where}.device",
+                    f"only one graphics device per type: a second {g.type} device",
+                )
+            graphics.append(g)
+    if len(video) > MAX_VIDEO:
+        raise FieldError("devices", f"at most {MAX_VIDEO} video devices")
+    if len(video) > 1 and any(v.model == VideoModel.NONE for v in video):
+        raise FieldError("devices", "video 'none' cannot stand beside other video devices")
+    return tuple(video), tuple(graphics)
+
+
+def _device_id(dev: dict, where: str) -> str | None:
+    value = dev.get("deviceId")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FieldError(f"{where}.deviceId", "must be a UUID string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise FieldError(f"{where}.deviceId", f"{value!r} is not a UUID") from None
+
+
+def _video(dev: dict, spec: dict, where: str, device_id: str | None) -> Video:
+    model = dev.get("device")
+    if model not in VideoModel.__members__.values():
+        allowed = ", ".join(m.value for m in VideoModel)
+        raise FieldError(
+            f"{where}.device", f"unknown video model {model!r}: expected one of {allowed}"
+        )
+    model = VideoModel(model)
+    sp = f"{where}.specParams"
+    values = {
+        key: _int(spec[key], f"{sp}.{key}", *(HEADS if key == "heads" else VRAM_KIB))
+        for key in ("vram", "heads", "ram", "vgamem")
+        if spec.get(key) not in (None, "")
+    }
+    if model == VideoModel.NONE and values:
+        raise FieldError(sp, "video 'none' takes no parameters")
+    for key in ("ram", "vgamem"):
+        if key in values and model != VideoModel.QXL:
+            raise FieldError(f"{sp}.{key}", f"only qxl video has {key!r}")
+    address = _pci_address(dev.get("address"), f"{where}.address")
+    return Video(model=model, device_id=device_id, address=address, **values)
+
+
+def _pci_address(value: Any, where: str) -> PciAddress | None:
+    if value in (None, {}, ""):
+        return None
+    if not isinstance(value, dict):
+        raise FieldError(where, "must be an object with type, domain, bus, slot and function")
+    if value.get("type") != "pci":
+        raise FieldError(f"{where}.type", "only 'pci' addresses are supported for video")
+    limits = {"domain": 0xFFFF, "bus": 0xFF, "slot": 0x1F, "function": 0x7}
+    parts = {}
+    for key, top in limits.items():
+        raw = value.get(key, "0x0" if key in ("domain", "function") else None)
+        if not isinstance(raw, str | int) or isinstance(raw, bool):
+            raise FieldError(f"{where}.{key}", "must be a number such as '0x02'")
+        try:
+            number = int(raw, 0) if isinstance(raw, str) else raw
+        except ValueError:
+            raise FieldError(f"{where}.{key}", f"{raw!r} is not a number") from None
+        if not 0 <= number <= top:
+            raise FieldError(f"{where}.{key}", f"must be between 0 and {top:#x}")
+        parts[key] = number
+    return PciAddress(**parts)
+
+
+def _graphics(dev: dict, spec: dict, where: str, device_id: str | None) -> Graphics:
+    device = dev.get("device")
+    if device not in GRAPHICS_ALIASES:
+        raise FieldError(
+            f"{where}.device", f"unknown graphics type {device!r}: expected spice or vnc"
+        )
+    gtype = GRAPHICS_ALIASES[device]
+    return _graphics_options(gtype, spec, f"{where}.specParams", device_id=device_id)
+
+
+def _graphics_options(
+    gtype: GraphicsType,
+    spec: dict,
+    where: str,
+    *,
+    device_id: str | None = None,
+    names: dict[str, str] | None = None,
+    image_compression: bool = True,
+) -> Graphics:
+    """Read a graphics device's options; `names` maps our keys to the caller's field names."""
+    names = {
+        "keyMap": "keyMap",
+        "spiceSecureChannels": "spiceSecureChannels",
+        "copyPasteEnable": "copyPasteEnable",
+        "fileTransferEnable": "fileTransferEnable",
+        "displayNetwork": "displayNetwork",
+        "displayIp": "displayIp",
+    } | (names or {})
+
+    def fld(key: str) -> str:
+        return f"{where}.{names[key]}" if where else names[key]
+
+    def get(key: str) -> Any:
+        return spec.get(names[key])
+
+    keymap = get("keyMap")
+    if keymap in ("", None):
+        keymap = None
+    elif not isinstance(keymap, str) or not KEYMAP_RE.match(keymap):
+        raise FieldError(fld("keyMap"), f"{keymap!r} is not a keyboard layout such as 'en-us'")
+
+    network = get("displayNetwork")
+    if network in ("", None):
+        network = None
+    elif not isinstance(network, str) or not NETWORK_RE.match(network):
+        raise FieldError(fld("displayNetwork"), f"{network!r} is not a network name")
+
+    address = get("displayIp")
+    if address in ("", None):
+        address = None
+    else:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise FieldError(fld("displayIp"), f"{address!r} is not an IP address") from None
+    if address and network:
+        raise FieldError(fld("displayIp"), "give displayIp or displayNetwork, not both")
+
+    channels: tuple[str, ...] = ()
+    copy_paste = file_transfer = True
+    if gtype == GraphicsType.SPICE:
+        channels = _secure_channels(get("spiceSecureChannels"), fld("spiceSecureChannels"))
+        copy_paste = _bool(get("copyPasteEnable"), fld("copyPasteEnable"))
+        file_transfer = _bool(get("fileTransferEnable"), fld("fileTransferEnable"))
+    return Graphics(
+        type=gtype,
+        keymap=keymap,
+        listen_address=address,
+        listen_network=network,
+        secure_channels=channels,
+        copy_paste=copy_paste,
+        file_transfer=file_transfer,
+        image_compression=image_compression,
+        device_id=device_id,
+    )
+
+
+def _secure_channels(value: Any, field: str) -> tuple[str, ...]:
+    if value in (None, ""):
+        return ()
+    if not isinstance(value, str):
+        raise FieldError(field, "must be a comma-separated list such as 'smain,sinputs'")
+    out: list[str] = []
+    for raw in value.split(","):
+        name = raw.strip()
+        # oVirt prefixes each channel with 's' (smain, sinputs, ...): drop it.
+        if name.startswith("s") and name[1:] in SPICE_CHANNELS:
+            name = name[1:]
+        if name not in SPICE_CHANNELS:
+            allowed = ", ".join(SPICE_CHANNELS)
+            raise FieldError(
+                field, f"unknown SPICE channel {raw.strip()!r}: expected some of {allowed}"
+            )
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _legacy_graphics(params: dict, display: str) -> Graphics:
+    """The one console of the legacy form, from the top-level display fields."""
+    gtype = GraphicsType.VNC if display == "vnc" else GraphicsType.SPICE
+    return _graphics_options(
+        gtype,
+        params,
+        "",
+        names={"keyMap": "keyboardLayout"},
+        image_compression=display != "qxlnc",
+    )
+
+
+def _default_video(params: dict, display: str | None) -> tuple[Video, ...]:
+    """Video cards the host adds itself when the engine sent no `devices` at all."""
+    if display is None:
+        return (Video(model=VideoModel.NONE),)
+    if display == "vnc":
+        return (Video(model=VideoModel.CIRRUS),)
+    monitors = _int(params.get("spiceMonitors", 1), "spiceMonitors", *MONITORS)
+    vram = 65536 if monitors <= 2 else 32768
+    return tuple(Video(model=VideoModel.QXL, vram=vram, heads=1) for _ in range(monitors))
+
+
+def _int(value: Any, field: str, low: int, high: int) -> int:
+    """Integers arrive as numbers or as strings of digits (oVirt sends specParams as strings)."""
+    if isinstance(value, bool):
+        raise FieldError(field, "must be a whole number, not a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"-?\d{1,12}", text):
+            raise FieldError(field, f"{value!r} is not a whole number")
+        value = int(text)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise FieldError(field, "must be a whole number")
+    if not low <= value <= high:
+        raise FieldError(field, f"{value} is out of range {low}..{high}")
+    return value
+
+
+def _bool(value: Any, field: str) -> bool:
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise FieldError(field, f"{value!r} is not 'true' or 'false'")
