@@ -6,13 +6,40 @@ every call against them before the VmManager sees it.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from multiconsole.agent.vms import VmManager
 from multiconsole.domain.devices import GraphicsType
+
+
+def _uuid(value: str) -> str:
+    # libvirt answers a malformed UUID with a generic failure (and a NUL with a crash).
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+
+
+def _printable(value: SecretStr) -> SecretStr:
+    # The password becomes an XML attribute: control characters would break the element.
+    if not value.get_secret_value().isprintable():
+        raise ValueError("must be printable characters only")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number of seconds, not a boolean")
+    return value
+
+
+VmId = Annotated[str, AfterValidator(_uuid)]
+Password = Annotated[SecretStr, AfterValidator(_printable)]
+Ttl = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class Params(BaseModel):
@@ -24,7 +51,7 @@ class NoParams(Params):
 
 
 class VmIdParams(Params):
-    vmID: str = Field(description="the VM's UUID (also the libvirt domain UUID)")
+    vmID: VmId = Field(description="the VM's UUID (also the libvirt domain UUID)")
 
 
 class CreateParams(VmIdParams):
@@ -41,8 +68,8 @@ class TicketUser(BaseModel):
 
 
 class SetTicketParams(VmIdParams):
-    password: SecretStr
-    ttl: int = Field(description="seconds the password is valid, > 0")
+    password: Password
+    ttl: Ttl = Field(description="seconds the password is valid, > 0")
     existingConnAction: Literal["disconnect", "keep", "fail"] = "disconnect"
     params: TicketUser = Field(default_factory=TicketUser)
 
@@ -51,8 +78,8 @@ class GraphicsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     deviceType: Literal["graphics"]
     graphicsType: GraphicsType
-    password: SecretStr
-    ttl: int = Field(description="seconds the password is valid, > 0")
+    password: Password
+    ttl: Ttl = Field(description="seconds the password is valid, > 0")
     existingConnAction: Literal["disconnect", "keep", "fail"] = "disconnect"
     disconnectAction: Literal["LOCK_SCREEN", "LOGOUT", "SHUTDOWN", "REBOOT", "NONE"] = "LOCK_SCREEN"
     params: TicketUser = Field(default_factory=TicketUser)

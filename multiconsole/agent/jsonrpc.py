@@ -13,6 +13,8 @@ from multiconsole.agent.vms import AgentError, VmManager
 from multiconsole.wire.errors import MESSAGES, ErrorCode
 
 log = logging.getLogger(__name__)
+# Deeper documents are refused before any method sees them (vmParams need about 5).
+MAX_DEPTH = 64
 
 
 def _error(req_id: Any, code: ErrorCode, message: str | None = None, data: Any = None) -> dict:
@@ -29,23 +31,32 @@ def _validation_error(err: ValidationError) -> tuple[str, dict]:
     return f"{field}: {reason}", {"field": field, "reason": reason}
 
 
+def _valid_id(value: Any) -> bool:
+    """JSON-RPC ids are strings, numbers or null."""
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
 def _one(manager: VmManager, req: Any) -> dict | None:
+    req_id = req.get("id") if isinstance(req, dict) else None
+    if not _valid_id(req_id):
+        return _error(None, ErrorCode.INVALID_REQUEST, "id must be a string, a number or null")
     if (
         not isinstance(req, dict)
         or req.get("jsonrpc") != "2.0"
         or not isinstance(req.get("method"), str)
     ):
-        return _error(req.get("id") if isinstance(req, dict) else None, ErrorCode.INVALID_REQUEST)
-    req_id = req.get("id")
+        return _error(req_id, ErrorCode.INVALID_REQUEST)
     notification = "id" not in req
+    reply = _call(manager, req, req_id)
+    # A notification gets no reply, not even an error (JSON-RPC 2.0, section 4.1).
+    return None if notification else reply
+
+
+def _call(manager: VmManager, req: dict, req_id: Any) -> dict:
     name = req["method"]
     method = METHODS.get(name)
     if method is None:
-        return (
-            None
-            if notification
-            else _error(req_id, ErrorCode.METHOD_NOT_FOUND, f"no such method: {name}")
-        )
+        return _error(req_id, ErrorCode.METHOD_NOT_FOUND, f"no such method: {name}")
     raw = req.get("params", {})
     if isinstance(raw, list):
         # By position, in the order the model declares its fields.
@@ -71,15 +82,44 @@ def _one(manager: VmManager, req: Any) -> dict | None:
         return _error(
             req_id, ErrorCode.INTERNAL_ERROR, f"{name} failed unexpectedly; see the agent's log"
         )
-    return None if notification else {"jsonrpc": "2.0", "id": req_id, "result": result}
+    return {"jsonrpc": "2.0", "id": req_id, "result": result}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_document(doc: Any) -> str | None:
+    """Why a parsed body cannot be answered, or None: nesting too deep, or a lone
+    surrogate (\\ud800) that no UTF-8 reply could carry back."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((key, depth) for key in value)
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds a lone surrogate: not valid Unicode"
+    return None
 
 
 def handle(manager: VmManager, body: bytes) -> Any:
     """One HTTP body in, the JSON-RPC reply out (None when there is nothing to send)."""
     try:
-        req = json.loads(body)
-    except ValueError:
+        # NaN and Infinity are Python's extensions, not JSON.
+        req = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         return _error(None, ErrorCode.PARSE_ERROR)
+    problem = _check_document(req)
+    if problem is not None:
+        return _error(None, ErrorCode.PARSE_ERROR, f"{MESSAGES[ErrorCode.PARSE_ERROR]}: {problem}")
     if isinstance(req, list):
         if not req:
             return _error(None, ErrorCode.INVALID_REQUEST, "empty batch")

@@ -74,6 +74,8 @@ def serve(manager: VmManager, host: str, port: int, ssl: dict | None = None) -> 
         port=port,
         log_level="warning",
         access_log=False,
+        # Event streams never end by themselves: don't let them hold a shutdown.
+        timeout_graceful_shutdown=3,
         **(ssl or {}),
     )
     uvicorn.Server(config).run()

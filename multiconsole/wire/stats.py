@@ -96,7 +96,9 @@ def _parse_port(value: object) -> int | None:
 
 
 def _protocol(value: object) -> GraphicsType | None:
-    text = str(value).lower()
+    if not isinstance(value, str):
+        return None
+    text = value.lower()
     if text in ("spice", "qxl", "qxlnc"):
         return GraphicsType.SPICE
     if text == "vnc":
@@ -112,7 +114,8 @@ def consoles_from_stats(stats: dict, host_address: str) -> list[ConsoleAddress]:
     """
 
     def address(value: object) -> str:
-        text = str(value or "").strip()
+        # Only text is an address (str() of a huge int even raises).
+        text = value.strip() if isinstance(value, str) else ""
         return host_address if text in UNSPECIFIED_ADDRESSES else text
 
     out: list[ConsoleAddress] = []

@@ -32,6 +32,9 @@ GRAPHICS_ALIASES = {"spice": GraphicsType.SPICE, "qxl": GraphicsType.SPICE, "vnc
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEYMAP_RE = re.compile(r"^[a-z]{2,3}(-[a-z]{2,8})?$")
 NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,49}$")
+# The engine's device ids: UUIDs in practice, but the feature page sends 'blah', so any
+# short opaque token is kept as given.
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 MEMORY_MIB = (16, 1024 * 1024)
 VCPUS = (1, 256)
@@ -47,7 +50,7 @@ def parse_vm_params(params: Any, vm_id: str | None = None) -> VmSpec:
         raise FieldError("vmParams", "must be an object")
     vm_id = _vm_id(params, vm_id)
     name = params.get("vmName", f"vm-{vm_id[:8]}")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise FieldError(
             "vmName",
             "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -140,12 +143,12 @@ def _device_id(dev: dict, where: str) -> str | None:
     value = dev.get("deviceId")
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise FieldError(f"{where}.deviceId", "must be a UUID string")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise FieldError(f"{where}.deviceId", f"{value!r} is not a UUID") from None
+    if not isinstance(value, str) or not DEVICE_ID_RE.fullmatch(value):
+        raise FieldError(
+            f"{where}.deviceId",
+            f"{value!r} is not a device id: 1-64 letters, digits, '-' or '_' (a UUID)",
+        )
+    return value
 
 
 def _video(dev: dict, spec: dict, where: str, device_id: str | None) -> Video:
@@ -196,7 +199,7 @@ def _pci_address(value: Any, where: str) -> PciAddress | None:
 
 def _graphics(dev: dict, spec: dict, where: str, device_id: str | None) -> Graphics:
     device = dev.get("device")
-    if device not in GRAPHICS_ALIASES:
+    if not isinstance(device, str) or device not in GRAPHICS_ALIASES:
         raise FieldError(
             f"{where}.device", f"unknown graphics type {device!r}: expected spice or vnc"
         )
@@ -232,20 +235,24 @@ def _graphics_options(
     keymap = get("keyMap")
     if keymap in ("", None):
         keymap = None
-    elif not isinstance(keymap, str) or not KEYMAP_RE.match(keymap):
+    elif not isinstance(keymap, str) or not KEYMAP_RE.fullmatch(keymap):
         raise FieldError(fld("keyMap"), f"{keymap!r} is not a keyboard layout such as 'en-us'")
 
     network = get("displayNetwork")
     if network in ("", None):
         network = None
-    elif not isinstance(network, str) or not NETWORK_RE.match(network):
+    elif not isinstance(network, str) or not NETWORK_RE.fullmatch(network):
         raise FieldError(fld("displayNetwork"), f"{network!r} is not a network name")
 
     address = get("displayIp")
     if address in ("", None):
         address = None
     else:
+        # Only text: ip_address(5) would be 0.0.0.5. No IPv6 scope ("fe80::1%eth0"): its
+        # free text would reach the domain XML.
         try:
+            if not isinstance(address, str) or "%" in address:
+                raise ValueError(address)
             address = str(ipaddress.ip_address(address))
         except ValueError:
             raise FieldError(fld("displayIp"), f"{address!r} is not an IP address") from None
