@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QEMU_URI = "qemu:///system"
 PREFIX = f"bench-{os.getpid()}-"
 BATCH = 100
+SETTLE = 3.0  # seconds between creating real VMs and timing their stats
 TEST_NODE_XML = """<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads></cpu>
   <memory>8388608</memory>
@@ -408,7 +409,8 @@ def create_table(r: CreateResult) -> Table:
     )
     t.caption = (
         f"ports already in the VM.create reply: {len(r.agent) - r.polled}/{len(r.agent)}; "
-        f"one warm-up of each not counted; parallel teardown of {r.teardown_n} VMs: "
+        f"one warm-up of each not counted; VMs stay up, so later creates run beside up to "
+        f"{2 * len(r.agent) + 1} guests; parallel teardown of {r.teardown_n} VMs: "
         f"{r.teardown_s:.1f} s"
     )
     return t
@@ -420,12 +422,21 @@ def create_table(r: CreateResult) -> Table:
 @dataclass
 class StatsRow:
     label: str
+    ours: int  # VMs of this bench in the agent's reply
     vms: int  # VMs in the agent's reply
     listed: int  # domains listAllDomains returned to the baseline
     agent: list[float]
     raw: list[float]
     raw_same: list[float]  # the libvirt calls all_stats makes, without HTTP and parsing
     reply_bytes: int
+    cpu_busy: float  # share of the host's CPU time busy while the agent was timed
+
+
+def cpu_counters() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return values[3] + values[4], sum(values)
 
 
 def raw_list_xml(conn: libvirt.virConnect) -> int:
@@ -450,14 +461,22 @@ def raw_agent_calls(conn: libvirt.virConnect) -> int:
 def measure_stats(
     label: str, agent: Agent, conn: libvirt.virConnect, calls: int, expect: int, prefix: str
 ) -> StatsRow:
+    idle0, total0 = cpu_counters()
     agent_s, stats = timed(lambda: agent.call("Host.getAllVmStats"), calls)
+    idle1, total1 = cpu_counters()
+    busy = 1 - (idle1 - idle0) / max(total1 - total0, 1)
     ours = [s for s in stats if s["vmName"].startswith(prefix)]
     if len(ours) != expect:
         raise RuntimeError(f"{label}: agent reported {len(ours)} of our VMs, expected {expect}")
     raw_s, listed = timed(lambda: raw_list_xml(conn), calls)
     same_s, _ = timed(lambda: raw_agent_calls(conn), calls)
     size = len(json.dumps({"jsonrpc": "2.0", "id": 1, "result": stats}))
-    return StatsRow(label, len(stats), listed, agent_s, raw_s, same_s, size)
+    return StatsRow(label, len(ours), len(stats), listed, agent_s, raw_s, same_s, size, busy)
+
+
+def vms_text(r: StatsRow) -> str:
+    text = str(r.ours) if r.ours == r.vms else f"{r.ours} + {r.vms - r.ours} other"
+    return text if r.vms == r.listed else f"{text} ({r.listed} on host)"
 
 
 def stats_table(title: str, rows: list[StatsRow], note: str) -> Table:
@@ -471,14 +490,14 @@ def stats_table(title: str, rows: list[StatsRow], note: str) -> Table:
         "agent / raw",
         "agent µs/VM",
         "raw µs/VM",
-        "raw, agent's calls ms",
+        "raw, same calls ms",
         "reply KiB",
     )
     for col in cols:
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
-            str(r.vms) if r.vms == r.listed else f"{r.vms} ({r.listed} on host)",
+            vms_text(r),
             ms(median(r.agent)),
             ms(p90(r.agent)),
             ms(median(r.raw)),
@@ -545,6 +564,7 @@ def bench_real_stats(agent: Agent, conn: libvirt.virConnect, n: int, calls: int)
     replies = agent.create_many(specs)
     create_s = time.perf_counter() - t0
     missing = sum(not both_ports(r) for r in replies)
+    time.sleep(SETTLE)  # let the last guests get through their BIOS
     progress.print(f"  qemu: getAllVmStats x{calls} with {n} VMs")
     row = measure_stats(f"qemu {n}", agent, conn, calls, n, PREFIX)
     progress.print(f"  tearing down {n} VMs in parallel")
@@ -570,6 +590,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
+    sys.stdout.reconfigure(line_buffering=True)  # tables and progress in order when piped
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
 
@@ -612,7 +633,7 @@ def main() -> int:
                     f"{test_info['created']} VM.create in batches of {BATCH}: "
                     f"{test_info['create_s']:.1f} s "
                     f"({test_info['created'] / test_info['create_s']:.0f}/s); "
-                    "'raw, agent's calls' = the libvirt calls all_stats makes, "
+                    "'raw, same calls' = the libvirt calls all_stats makes, "
                     "without HTTP or parsing",
                 )
             )
@@ -625,7 +646,8 @@ def main() -> int:
                     [real["row"]],
                     f"median of {sizes.calls} calls after one warm-up; "
                     f"{sizes.real_vms} VM.create in one batch: {real['create_s']:.1f} s "
-                    f"(serial in the agent); replies without both ports: "
+                    f"(serial in the agent), then {SETTLE:.0f} s to settle; host CPU busy while "
+                    f"timing the agent: {real['row'].cpu_busy:.0%}; replies without both ports: "
                     f"{real['missing_ports']}; parallel teardown of {real['teardown_n']} VMs: "
                     f"{real['teardown_s']:.1f} s",
                 )
@@ -681,9 +703,10 @@ def summary_lines(
             for t in test_rows
         )
         + ".",
-        f"- Host.getAllVmStats, {r.vms} real QEMU VMs: {ms(median(r.agent))} ms vs raw "
+        f"- Host.getAllVmStats, {vms_text(r)} real QEMU VMs: {ms(median(r.agent))} ms vs raw "
         f"{ms(median(r.raw))} ms ({ratio(median(r.agent), median(r.raw))}, "
         f"{us(median(r.agent) / max(r.vms, 1))} vs {us(median(r.raw) / max(r.listed, 1))} µs/VM; "
+        f"host CPU {r.cpu_busy:.0%} busy; "
         f"the agent's own libvirt calls alone: {ms(median(r.raw_same))} ms).",
         f"- Fixed JSON-RPC round trip (no work): {ms(median(noop_s))} ms median.",
     ]

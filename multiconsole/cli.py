@@ -9,9 +9,7 @@ import typer
 
 from multiconsole import logs
 
-app = typer.Typer(
-    help="multiconsole: VMs with SPICE and VNC consoles side by side.", no_args_is_help=True
-)
+app = typer.Typer(help="multiconsole: VMs with SPICE and VNC consoles side by side.", no_args_is_help=True)
 
 DEFAULT_PKI = Path("/etc/multiconsole/pki")
 
@@ -63,6 +61,39 @@ def agent(
         }
     manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen)
     serve(manager, host, port, tls)
+
+
+@app.command()
+def engine(
+    db: str = typer.Option(None, help="SQLAlchemy URL; default: SQLite in the data directory"),
+    listen: str = typer.Option("127.0.0.1:8080", help="HOST:PORT to serve the API and web UI on"),
+    admin_password: str = typer.Option(
+        None, envvar="MULTICONSOLE_ADMIN_PASSWORD", help="admin@internal's password on first start"
+    ),
+    monitor_interval: float = typer.Option(3.0, help="seconds between polls of each host"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
+) -> None:
+    """Run the engine: REST API on SQLite or PostgreSQL, monitoring the hosts."""
+    import uvicorn
+
+    from multiconsole.engine.app import Settings, make_app
+    from multiconsole.paths import data_dir
+
+    logs.setup(verbose)
+    host, port = _host_port(listen, 8080)
+    url = db or f"sqlite:///{data_dir() / 'engine.db'}"
+    application = make_app(
+        Settings(db_url=url, admin_password=admin_password, monitor_interval=monitor_interval)
+    )
+    generated = application.state.generated_admin_password
+    if generated:
+        secret = data_dir() / "admin-password"
+        secret.write_text(generated + "\n")
+        secret.chmod(0o600)
+        typer.echo(f"engine: created admin@internal; its password is in {secret}", err=True)
+    uvicorn.run(
+        application, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=3
+    )
 
 
 @app.command()

@@ -110,9 +110,7 @@ class VmStats(BaseModel):
     smp: int
     cpuTime: int
     displayInfo: list[DisplayInfo]
-    displayType: str = Field(
-        description="legacy: 'qxl' when the primary console is SPICE, else 'vnc'"
-    )
+    displayType: str = Field(description="legacy: 'qxl' when the primary console is SPICE, else 'vnc'")
     displayPort: str
     displaySecurePort: str
     displayIp: str
@@ -184,12 +182,8 @@ METHODS: dict[str, Method] = {
         "Define and start a VM; its consoles start locked.",
         lambda vm, p: vm.create(p.vmID, p.vmParams),
     ),
-    "VM.getStats": Method(
-        VmIdParams, list[VmStats], "Stats of one VM.", lambda vm, p: vm.stats(p.vmID)
-    ),
-    "VM.destroy": Method(
-        VmIdParams, Empty, "Stop a VM and forget it.", lambda vm, p: vm.destroy(p.vmID)
-    ),
+    "VM.getStats": Method(VmIdParams, list[VmStats], "Stats of one VM.", lambda vm, p: vm.stats(p.vmID)),
+    "VM.destroy": Method(VmIdParams, Empty, "Stop a VM and forget it.", lambda vm, p: vm.destroy(p.vmID)),
     "VM.setTicket": Method(
         SetTicketParams,
         EmptyVmList,

@@ -161,6 +161,15 @@ def live_consoles(xml: str) -> list[LiveConsole]:
     return out
 
 
+OWNER_MARK = f'<mc:vm xmlns:mc="{METADATA_NS}"'
+
+
+def is_ours(xml: str) -> bool:
+    """Cheap test for our metadata element (libvirt keeps its prefix and namespace as written;
+    text content cannot hold this string since libvirt escapes quotes and angle brackets)."""
+    return OWNER_MARK in xml
+
+
 def stored_params(xml: str) -> dict | None:
     """The vmParams the agent kept in the domain's metadata; None for foreign domains."""
     root = etree.fromstring(xml.encode())

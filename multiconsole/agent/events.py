@@ -53,9 +53,7 @@ class EventHub:
             except RuntimeError:
                 self.unsubscribe(sub)  # its loop is closed
 
-    def console_event(
-        self, vm_id: str, phase: str, console: str, ip: str, port: str, **extra
-    ) -> None:
+    def console_event(self, vm_id: str, phase: str, console: str, ip: str, port: str, **extra) -> None:
         key = (console, ip, port)
         with self._lock:
             clients = self._clients[vm_id]

@@ -40,11 +40,7 @@ def _one(manager: VmManager, req: Any) -> dict | None:
     req_id = req.get("id") if isinstance(req, dict) else None
     if not _valid_id(req_id):
         return _error(None, ErrorCode.INVALID_REQUEST, "id must be a string, a number or null")
-    if (
-        not isinstance(req, dict)
-        or req.get("jsonrpc") != "2.0"
-        or not isinstance(req.get("method"), str)
-    ):
+    if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str):
         return _error(req_id, ErrorCode.INVALID_REQUEST)
     notification = "id" not in req
     reply = _call(manager, req, req_id)
@@ -62,9 +58,7 @@ def _call(manager: VmManager, req: dict, req_id: Any) -> dict:
         # By position, in the order the model declares its fields.
         names = list(method.params.model_fields)
         if len(raw) > len(names):
-            return _error(
-                req_id, ErrorCode.INVALID_PARAMS, f"{name} takes at most {len(names)} parameters"
-            )
+            return _error(req_id, ErrorCode.INVALID_PARAMS, f"{name} takes at most {len(names)} parameters")
         raw = dict(zip(names, raw, strict=False))
     if not isinstance(raw, dict):
         return _error(req_id, ErrorCode.INVALID_PARAMS, "params must be an object or a list")
@@ -79,9 +73,7 @@ def _call(manager: VmManager, req: dict, req_id: Any) -> dict:
     except Exception:
         # Never echo the request: it may hold a console password.
         log.exception("method failed method=%s", name)
-        return _error(
-            req_id, ErrorCode.INTERNAL_ERROR, f"{name} failed unexpectedly; see the agent's log"
-        )
+        return _error(req_id, ErrorCode.INTERNAL_ERROR, f"{name} failed unexpectedly; see the agent's log")
     return {"jsonrpc": "2.0", "id": req_id, "result": result}
 
 

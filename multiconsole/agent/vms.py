@@ -22,6 +22,7 @@ from multiconsole.agent import domxml
 from multiconsole.agent.events import EventHub
 from multiconsole.agent.libvirtconn import Connection
 from multiconsole.domain.devices import VNC_PASSWORD_MAX, GraphicsType, VideoModel
+from multiconsole.domain.display import CLUSTER_LEVELS
 from multiconsole.domain.errors import FieldError
 from multiconsole.wire.errors import MESSAGES, ErrorCode
 from multiconsole.wire.stats import display_stats
@@ -70,9 +71,7 @@ class AgentError(Exception):
 
 
 def _field_error(err: FieldError) -> AgentError:
-    return AgentError(
-        ErrorCode.INVALID_PARAMS, str(err), {"field": err.field, "reason": err.reason}
-    )
+    return AgentError(ErrorCode.INVALID_PARAMS, str(err), {"field": err.field, "reason": err.reason})
 
 
 def _libvirt_error(action: str, err: libvirt.libvirtError) -> AgentError:
@@ -131,24 +130,20 @@ class VmManager:
         return "qemu"
 
     def _register_events(self, conn: libvirt.virConnect) -> None:
-        conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-        )
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         try:
-            conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS, self._on_graphics, None
-            )
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS, self._on_graphics, None)
         except libvirt.libvirtError:
             log.info("graphics events not supported by uri=%s", self.conn.uri)
 
     def recover(self) -> list[str]:
         """Find the VMs this agent runs (ours = our metadata), after a restart or crash."""
         found = []
-        for dom in self._our_domains():
+        for dom, xml in self._our_domains():
             vm_id = dom.UUIDString()
             found.append(vm_id)
             if dom.isActive():
-                self._remember_ports(vm_id, dom.XMLDesc(0))
+                self._remember_ports(vm_id, xml)
         self._known = set(found)
         if found:
             log.info("recovered vms=%d", len(found))
@@ -163,13 +158,9 @@ class VmManager:
             return
         if status == "Down":
             self.events.forget(vm_id)
-        self.events.publish(
-            {"event": "lifecycle", "vmId": vm_id, "status": status, "detail": detail}
-        )
+        self.events.publish({"event": "lifecycle", "vmId": vm_id, "status": status, "detail": detail})
 
-    def _on_graphics(
-        self, _conn, dom, phase, local, remote, auth_scheme, _subject, _opaque
-    ) -> None:
+    def _on_graphics(self, _conn, dom, phase, local, remote, auth_scheme, _subject, _opaque) -> None:
         vm_id = dom.UUIDString()
         if vm_id not in self._known:
             return
@@ -200,7 +191,8 @@ class VmManager:
 
     # --- lookups -----------------------------------------------------------------
 
-    def _our_domains(self) -> list[libvirt.virDomain]:
+    def _our_domains(self) -> list[tuple[libvirt.virDomain, str]]:
+        """Our domains with their live XML (read once: callers reuse it)."""
         try:
             doms = self.conn.get().listAllDomains(0)
         except libvirt.libvirtError as err:
@@ -208,22 +200,27 @@ class VmManager:
         out = []
         for dom in doms:
             try:
-                if domxml.stored_params(dom.XMLDesc(0)) is not None:
-                    out.append(dom)
+                xml = dom.XMLDesc(0)
             except libvirt.libvirtError:
                 continue  # vanished meanwhile
+            if domxml.is_ours(xml):
+                out.append((dom, xml))
         return out
 
-    def _domain(self, vm_id: str) -> libvirt.virDomain:
+    def _domain(self, vm_id: str) -> tuple[libvirt.virDomain, str]:
         try:
             dom = self.conn.get().lookupByUUIDString(vm_id)
         except libvirt.libvirtError as err:
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise AgentError(ErrorCode.NO_SUCH_VM, f"no VM with id {vm_id}") from None
             raise _libvirt_error("looking up the VM", err) from None
-        if domxml.stored_params(dom.XMLDesc(0)) is None:
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error("reading the VM", err) from None
+        if not domxml.is_ours(xml):
             raise AgentError(ErrorCode.NO_SUCH_VM, f"VM {vm_id} is not managed by this agent")
-        return dom
+        return dom, xml
 
     # --- methods -----------------------------------------------------------------
 
@@ -248,19 +245,21 @@ class VmManager:
                 dom = conn.defineXML(xml)
             except libvirt.libvirtError as err:
                 raise _libvirt_error("defining the VM", err) from None
-            try:
-                dom.create()
-            except libvirt.libvirtError as err:
-                self._undefine(dom)
-                raise _libvirt_error("starting the VM", err) from None
             self._known.add(spec.vm_id)
+        # Starting QEMU takes most of the time: other creates may run meanwhile.
+        try:
+            dom.create()
+        except libvirt.libvirtError as err:
+            self._known.discard(spec.vm_id)
+            self._undefine(dom)
+            raise _libvirt_error("starting the VM", err) from None
         log.info(
             "vm created vm_id=%s name=%s consoles=%s",
             spec.vm_id,
             spec.name,
             ",".join(g.type.value for g in spec.graphics) or "none",
         )
-        return {"vmList": self._stats(dom)}
+        return {"vmList": self._stats(dom, dom.XMLDesc(0))}
 
     def _undefine(self, dom: libvirt.virDomain) -> None:
         try:
@@ -272,7 +271,7 @@ class VmManager:
                 log.warning("could not undefine vm_id=%s: %s", dom.UUIDString(), err)
 
     def destroy(self, vm_id: str) -> dict:
-        dom = self._domain(vm_id)
+        dom, _xml = self._domain(vm_id)
         try:
             if dom.isActive():
                 dom.destroy()
@@ -285,9 +284,8 @@ class VmManager:
         log.info("vm destroyed vm_id=%s", vm_id)
         return {}
 
-    def _stats(self, dom: libvirt.virDomain) -> dict:
+    def _stats(self, dom: libvirt.virDomain, xml: str) -> dict:
         vm_id = dom.UUIDString()
-        xml = dom.XMLDesc(0)
         state, _max_mem, mem_kib, vcpus, cpu_time = dom.info()
         status = STATUS.get(state, "Unknown")
         running = status in ("Up", "Paused", "Powering down")
@@ -304,28 +302,26 @@ class VmManager:
         }
 
     def stats(self, vm_id: str) -> list[dict]:
-        dom = self._domain(vm_id)
+        dom, xml = self._domain(vm_id)
         try:
-            return [self._stats(dom)]
+            return [self._stats(dom, xml)]
         except libvirt.libvirtError as err:
             raise _libvirt_error("reading VM stats", err) from None
 
     def all_stats(self) -> list[dict]:
         out = []
-        for dom in self._our_domains():
+        for dom, xml in self._our_domains():
             try:
-                out.append(self._stats(dom))
+                out.append(self._stats(dom, xml))
             except libvirt.libvirtError:
                 continue  # destroyed while we looked
         return out
 
     def vm_list(self) -> list[dict]:
         out = []
-        for dom in self._our_domains():
+        for dom, _xml in self._our_domains():
             try:
-                out.append(
-                    {"vmId": dom.UUIDString(), "status": STATUS.get(dom.state()[0], "Unknown")}
-                )
+                out.append({"vmId": dom.UUIDString(), "status": STATUS.get(dom.state()[0], "Unknown")})
             except libvirt.libvirtError:
                 continue
         return out
@@ -347,13 +343,10 @@ class VmManager:
                 FieldError("password", "must not be empty (it would lock or open the console)")
             )
         if existing_conn_action not in CONN_ACTIONS:
-            raise _field_error(
-                FieldError("existingConnAction", f"must be one of {', '.join(CONN_ACTIONS)}")
-            )
-        dom = self._domain(vm_id)
+            raise _field_error(FieldError("existingConnAction", f"must be one of {', '.join(CONN_ACTIONS)}"))
+        dom, xml = self._domain(vm_id)
         if not dom.isActive():
             raise AgentError(ErrorCode.VM_NOT_RUNNING, f"VM {vm_id} is not running")
-        xml = dom.XMLDesc(0)
         if gtype is None:
             spec = parse_vm_params(domxml.stored_params(xml), vm_id)
             if not spec.graphics:
@@ -369,9 +362,7 @@ class VmManager:
         try:
             device = domxml.ticket_update(xml, gtype, password, valid_to, connected)
         except LookupError:
-            raise AgentError(
-                ErrorCode.NO_SUCH_DEVICE, f"VM {vm_id} has no {gtype.value} console"
-            ) from None
+            raise AgentError(ErrorCode.NO_SUCH_DEVICE, f"VM {vm_id} has no {gtype.value} console") from None
         try:
             dom.updateDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as err:
@@ -384,10 +375,12 @@ class VmManager:
         if self._caps is None:
             self._caps = self._static_capabilities(conn)
         info = conn.getInfo()
-        try:
-            free = conn.getFreeMemory() // (1024 * 1024)
-        except libvirt.libvirtError:
-            free = info[1]
+        free = info[1]
+        if not self.conn.uri.startswith("test"):  # the test driver's free memory is a stub
+            try:
+                free = conn.getFreeMemory() // (1024 * 1024)
+            except libvirt.libvirtError:
+                pass
         return {**self._caps, "memTotal": info[1], "memFree": free, "cpuCores": info[2]}
 
     def _static_capabilities(self, conn: libvirt.virConnect) -> dict:
@@ -421,5 +414,5 @@ class VmManager:
             "legacyDisplay": True,
             "spiceTls": self.host.spice_tls,
             "displayListen": self.host.listen_address,
-            "clusterLevels": ["3.3", "3.4", "4.0"],
+            "clusterLevels": list(CLUSTER_LEVELS),
         }

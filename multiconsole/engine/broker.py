@@ -29,9 +29,7 @@ class AgentClient:
         body = reply.json()
         if "error" in body:
             err = body["error"]
-            raise AgentCallError(
-                method, err.get("code", 0), err.get("message", ""), err.get("data")
-            )
+            raise AgentCallError(method, err.get("code", 0), err.get("message", ""), err.get("data"))
         return body["result"]
 
     def close(self) -> None:

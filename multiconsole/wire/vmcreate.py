@@ -77,12 +77,8 @@ def parse_vm_params(params: Any, vm_id: str | None = None) -> VmSpec:
         video = _default_video(params, display)
 
     if graphics and video and video[0].model == VideoModel.NONE:
-        raise FieldError(
-            "devices", "video 'none' cannot show a graphics console: pick another video"
-        )
-    return VmSpec(
-        vm_id=vm_id, name=name, memory_mib=memory, vcpus=vcpus, video=video, graphics=graphics
-    )
+        raise FieldError("devices", "video 'none' cannot show a graphics console: pick another video")
+    return VmSpec(vm_id=vm_id, name=name, memory_mib=memory, vcpus=vcpus, video=video, graphics=graphics)
 
 
 def _vm_id(params: dict, vm_id: str | None) -> str:
@@ -113,9 +109,7 @@ def _devices(devices: list) -> tuple[tuple[Video, ...], tuple[Graphics, ...]]:
             raise FieldError(where, "must be an object")
         dtype = dev.get("type")
         if dtype not in DEVICE_TYPES:
-            raise FieldError(
-                f"{where}.type", f"unknown device type {dtype!r}: expected video or graphics"
-            )
+            raise FieldError(f"{where}.type", f"unknown device type {dtype!r}: expected video or graphics")
         spec = dev.get("specParams", {})
         if spec is None:
             spec = {}
@@ -155,9 +149,7 @@ def _video(dev: dict, spec: dict, where: str, device_id: str | None) -> Video:
     model = dev.get("device")
     if model not in VideoModel.__members__.values():
         allowed = ", ".join(m.value for m in VideoModel)
-        raise FieldError(
-            f"{where}.device", f"unknown video model {model!r}: expected one of {allowed}"
-        )
+        raise FieldError(f"{where}.device", f"unknown video model {model!r}: expected one of {allowed}")
     model = VideoModel(model)
     sp = f"{where}.specParams"
     values = {
@@ -200,9 +192,7 @@ def _pci_address(value: Any, where: str) -> PciAddress | None:
 def _graphics(dev: dict, spec: dict, where: str, device_id: str | None) -> Graphics:
     device = dev.get("device")
     if not isinstance(device, str) or device not in GRAPHICS_ALIASES:
-        raise FieldError(
-            f"{where}.device", f"unknown graphics type {device!r}: expected spice or vnc"
-        )
+        raise FieldError(f"{where}.device", f"unknown graphics type {device!r}: expected spice or vnc")
     gtype = GRAPHICS_ALIASES[device]
     return _graphics_options(gtype, spec, f"{where}.specParams", device_id=device_id)
 
@@ -291,9 +281,7 @@ def _secure_channels(value: Any, field: str) -> tuple[str, ...]:
             name = name[1:]
         if name not in SPICE_CHANNELS:
             allowed = ", ".join(SPICE_CHANNELS)
-            raise FieldError(
-                field, f"unknown SPICE channel {raw.strip()!r}: expected some of {allowed}"
-            )
+            raise FieldError(field, f"unknown SPICE channel {raw.strip()!r}: expected some of {allowed}")
         if name not in out:
             out.append(name)
     return tuple(out)

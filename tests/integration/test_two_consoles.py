@@ -24,7 +24,7 @@ def shots(tmp_path):
     return tmp_path
 
 
-def test_both_consoles_locked_then_opened_one_by_one(agent, vms, shots):
+def test_both_consoles_locked_then_opened_one_by_one(agent_proc, agent, vms, shots):
     stats = vms.create(vms.params("spice", "vnc"))
     assert stats["status"] == "Up"
     p = ports(stats)
@@ -57,6 +57,12 @@ def test_both_consoles_locked_then_opened_one_by_one(agent, vms, shots):
     # Wrong passwords are refused on both.
     assert vnc_capture(p["vnc"], "wrong", shots / "w.png") == 3
     assert spice_capture(p["spice"], "wrong", shots / "w.png") == 1
+
+    # The agent logged the tickets (it runs --verbose) but never their passwords.
+    log = agent_proc.log_path.read_text()
+    assert "ticket set" in log
+    for secret in ("vncPass1", "spicePw2"):
+        assert secret not in log
 
 
 def test_expired_ticket_is_refused(agent, vms, shots):

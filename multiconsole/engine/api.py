@@ -1,0 +1,263 @@
+"""REST API /api/v1 (JSON). Thin: parse, call the service, shape the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from multiconsole.domain.display import OS_TYPES, DisplayConfig, violations
+from multiconsole.engine import auth, service
+from multiconsole.engine.db import Cluster, Host, Template, User, Vm
+from multiconsole.engine.errors import EngineError
+from multiconsole.engine.schemas import (
+    ClusterIn,
+    ClusterOut,
+    ClusterPatch,
+    ConfiguredConsole,
+    ConsoleOut,
+    HostIn,
+    HostOut,
+    OsTypeOut,
+    RuleCheckIn,
+    TemplateIn,
+    TemplateOut,
+    TemplatePatch,
+    Violation,
+    VmConsoles,
+    VmIn,
+    VmOut,
+    VmPatch,
+)
+
+_basic = HTTPBasic(auto_error=False)
+
+
+def db(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+        session.commit()
+
+
+def current_user(
+    session: Session = Depends(db), creds: HTTPBasicCredentials | None = Depends(_basic)
+) -> User:
+    if creds is None:
+        raise EngineError(None, "log in: this API needs a user name and password", 401)
+    user = auth.verify(session, creds.username, creds.password)
+    if user is None:
+        raise EngineError(None, "wrong user name or password", 401)
+    return user
+
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(current_user)])
+
+
+def _fields(model) -> dict:
+    return model.model_dump(exclude_unset=True, mode="json")
+
+
+def _vm_out(session: Session, vm: Vm) -> VmOut:
+    template = session.get(Template, vm.template_id) if vm.template_id else None
+    return VmOut.of(vm, template.name if template else None)
+
+
+def _template_out(session: Session, t: Template) -> TemplateOut:
+    cluster = session.get(Cluster, t.cluster_id) if t.cluster_id else None
+    return TemplateOut.of(t, cluster.name if cluster else None)
+
+
+# --- clusters ------------------------------------------------------------------------
+
+
+@router.get("/clusters", response_model=list[ClusterOut])
+def list_clusters(session: Session = Depends(db)):
+    return [ClusterOut.of(c) for c in session.scalars(select(Cluster).order_by(Cluster.name))]
+
+
+@router.post("/clusters", response_model=ClusterOut, status_code=201)
+def create_cluster(body: ClusterIn, session: Session = Depends(db)):
+    return ClusterOut.of(service.create_cluster(session, **body.model_dump()))
+
+
+@router.get("/clusters/{key}", response_model=ClusterOut)
+def get_cluster(key: str, session: Session = Depends(db)):
+    return ClusterOut.of(service.get_cluster(session, key))
+
+
+@router.patch("/clusters/{key}", response_model=ClusterOut)
+def patch_cluster(key: str, body: ClusterPatch, session: Session = Depends(db)):
+    c = service.get_cluster(session, key)
+    fields = _fields(body)
+    if "console_address" in fields:
+        service._check_address(fields["console_address"], "console_address")
+        c.console_address = fields["console_address"]
+    if fields.get("description") is not None:
+        c.description = fields["description"]
+    return ClusterOut.of(c)
+
+
+@router.delete("/clusters/{key}", status_code=204)
+def delete_cluster(key: str, session: Session = Depends(db)):
+    service.delete_cluster(session, key)
+
+
+# --- hosts ---------------------------------------------------------------------------
+
+
+@router.get("/hosts", response_model=list[HostOut])
+def list_hosts(session: Session = Depends(db)):
+    return [HostOut.of(h) for h in session.scalars(select(Host).order_by(Host.name))]
+
+
+@router.post("/hosts", response_model=HostOut, status_code=201)
+def add_host(body: HostIn, request: Request, session: Session = Depends(db)):
+    host = service.add_host(session, request.app.state.agents, **body.model_dump())
+    request.app.state.monitor.poke(host.id)
+    return HostOut.of(host)
+
+
+@router.get("/hosts/{key}", response_model=HostOut)
+def get_host(key: str, session: Session = Depends(db)):
+    return HostOut.of(service.get_host(session, key))
+
+
+@router.post("/hosts/{key}/maintenance", response_model=HostOut)
+def host_maintenance(key: str, session: Session = Depends(db)):
+    return HostOut.of(service.set_host_maintenance(session, key, True))
+
+
+@router.post("/hosts/{key}/activate", response_model=HostOut)
+def host_activate(key: str, request: Request, session: Session = Depends(db)):
+    host = service.set_host_maintenance(session, key, False)
+    request.app.state.monitor.poke(host.id)
+    return HostOut.of(host)
+
+
+@router.delete("/hosts/{key}", status_code=204)
+def delete_host(key: str, session: Session = Depends(db)):
+    service.delete_host(session, key)
+
+
+# --- templates -----------------------------------------------------------------------
+
+
+@router.get("/templates", response_model=list[TemplateOut])
+def list_templates(session: Session = Depends(db)):
+    return [_template_out(session, t) for t in session.scalars(select(Template).order_by(Template.name))]
+
+
+@router.post("/templates", response_model=TemplateOut, status_code=201)
+def create_template(body: TemplateIn, session: Session = Depends(db)):
+    return _template_out(session, service.create_template(session, _fields(body)))
+
+
+@router.get("/templates/{key}", response_model=TemplateOut)
+def get_template(key: str, session: Session = Depends(db)):
+    return _template_out(session, service.get_template(session, key))
+
+
+@router.patch("/templates/{key}", response_model=TemplateOut)
+def patch_template(key: str, body: TemplatePatch, session: Session = Depends(db)):
+    return _template_out(session, service.update_template(session, key, _fields(body)))
+
+
+@router.delete("/templates/{key}", status_code=204)
+def delete_template(key: str, session: Session = Depends(db)):
+    service.delete_template(session, key)
+
+
+# --- VMs -----------------------------------------------------------------------------
+
+
+@router.get("/vms", response_model=list[VmOut])
+def list_vms(session: Session = Depends(db)):
+    vms = session.scalars(
+        select(Vm)
+        .order_by(Vm.name)
+        .options(selectinload(Vm.consoles), selectinload(Vm.cluster), selectinload(Vm.host))
+    )
+    return [_vm_out(session, vm) for vm in vms]
+
+
+@router.post("/vms", response_model=VmOut, status_code=201)
+def create_vm(body: VmIn, session: Session = Depends(db)):
+    return _vm_out(session, service.create_vm(session, _fields(body)))
+
+
+@router.get("/vms/{key}", response_model=VmOut)
+def get_vm(key: str, session: Session = Depends(db)):
+    return _vm_out(session, service.get_vm(session, key))
+
+
+@router.patch("/vms/{key}", response_model=VmOut)
+def patch_vm(key: str, body: VmPatch, session: Session = Depends(db)):
+    return _vm_out(session, service.update_vm(session, key, _fields(body)))
+
+
+@router.delete("/vms/{key}", status_code=204)
+def delete_vm(key: str, session: Session = Depends(db)):
+    service.delete_vm(session, key)
+
+
+@router.post("/vms/{key}/start", response_model=VmOut)
+def start_vm(key: str, request: Request, session: Session = Depends(db)):
+    vm = service.start_vm(session, request.app.state.agents, key)
+    return _vm_out(session, vm)
+
+
+@router.post("/vms/{key}/stop", response_model=VmOut)
+def stop_vm(key: str, request: Request, session: Session = Depends(db)):
+    return _vm_out(session, service.stop_vm(session, request.app.state.agents, key))
+
+
+@router.get("/vms/{key}/consoles", response_model=VmConsoles)
+def vm_consoles(key: str, session: Session = Depends(db)):
+    vm = service.get_vm(session, key)
+    configured = DisplayConfig.from_json(vm.display).graphics
+    nxt = None
+    if vm.next_run and "display" in vm.next_run:
+        pending = DisplayConfig.from_json(vm.next_run["display"]).graphics
+        if pending != configured:
+            nxt = [ConfiguredConsole(protocol=g.value) for g in pending]
+    return VmConsoles(
+        vm=vm.name,
+        status=vm.status,
+        configured=[ConfiguredConsole(protocol=g.value) for g in configured],
+        current=[
+            ConsoleOut(protocol=c.protocol, address=c.address, port=c.port, tls_port=c.tls_port)
+            for c in vm.consoles
+        ],
+        next_run=nxt,
+    )
+
+
+# --- rules ---------------------------------------------------------------------------
+
+
+@router.get("/os-types", response_model=list[OsTypeOut])
+def os_types():
+    return [
+        OsTypeOut(
+            name=o.name,
+            label=o.label,
+            arch=o.arch,
+            pairs=[{"graphics": g.value, "video": v.value} for g, v in sorted(o.pairs)],
+        )
+        for o in OS_TYPES.values()
+    ]
+
+
+@router.post("/rules/check", response_model=list[Violation])
+def check_rules(body: RuleCheckIn, session: Session = Depends(db)):
+    """Every rule a display configuration breaks, for forms to explain before submit."""
+    level, arch = body.compat_level, body.arch
+    if body.cluster:
+        c = service.get_cluster(session, body.cluster)
+        level, arch = level or c.compat_level, arch or c.arch
+    display = service.display_from_fields(_fields(body))
+    found = violations(display, body.os_type, level or "4.7", arch or "x86_64")
+    return [Violation(field=v.field, reason=v.reason) for v in found]

@@ -1,0 +1,83 @@
+"""The engine's web application: REST API, monitor, and errors in one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from multiconsole.engine import api, auth, db
+from multiconsole.engine.errors import EngineError
+from multiconsole.engine.hosts import Agents
+from multiconsole.engine.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    db_url: str
+    admin_password: str | None = None
+    monitor_interval: float = 3.0
+    monitor: bool = True
+
+
+def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    reason = first.get("msg", "invalid")
+    return JSONResponse(EngineError(field, reason, 422).body(), status_code=422)
+
+
+def _engine_error(_request: Request, exc: EngineError) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Basic realm="multiconsole"'} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(
+        EngineError(None, str(exc.detail), exc.status_code).body(), status_code=exc.status_code
+    )
+
+
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error %s", type(exc).__name__, exc_info=exc)
+    return JSONResponse(
+        EngineError(None, "internal error; see the engine's log", 500).body(), status_code=500
+    )
+
+
+def make_app(settings: Settings) -> FastAPI:
+    engine = db.make_engine(settings.db_url)
+    db.migrate(engine)
+    sessions = db.sessions(engine)
+    with sessions() as session:
+        generated = auth.ensure_admin(session, settings.admin_password)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.monitor:
+            app.state.monitor.start()
+        yield
+        app.state.monitor.stop()
+        app.state.agents.close()
+
+    app = FastAPI(title="multiconsole engine", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.db_engine = engine
+    app.state.agents = Agents()
+    app.state.monitor = Monitor(sessions, interval=settings.monitor_interval)
+    app.state.generated_admin_password = generated
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(api.router)
+    return app

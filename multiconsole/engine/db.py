@@ -1,0 +1,151 @@
+"""The engine's database: SQLAlchemy 2 models, one engine per process, Alembic migrations.
+
+SQLite is the embedded default; PostgreSQL (postgresql+psycopg://...) serves many hosts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    compat_level: Mapped[str] = mapped_column(String(8))
+    arch: Mapped[str] = mapped_column(String(16), default="x86_64")
+    console_address: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(1024), default="")
+    hosts: Mapped[list[Host]] = relationship(back_populates="cluster")
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer, default=54321)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"))
+    status: Mapped[str] = mapped_column(String(32), default="Installing")
+    capabilities: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    console_address: Mapped[str | None] = mapped_column(String(255))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_seen: Mapped[datetime | None] = mapped_column()
+    cluster: Mapped[Cluster] = relationship(back_populates="hosts")
+
+
+class Template(Base):
+    __tablename__ = "templates"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    cluster_id: Mapped[str | None] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"))
+    os_type: Mapped[str] = mapped_column(String(64), default="other")
+    memory_mib: Mapped[int] = mapped_column(Integer, default=256)
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    display: Mapped[dict[str, Any]] = mapped_column()
+    description: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Vm(Base):
+    __tablename__ = "vms"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"))
+    template_id: Mapped[str | None] = mapped_column(ForeignKey("templates.id", ondelete="SET NULL"))
+    os_type: Mapped[str] = mapped_column(String(64), default="other")
+    memory_mib: Mapped[int] = mapped_column(Integer, default=256)
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    display: Mapped[dict[str, Any]] = mapped_column()
+    # Display changes made while the VM ran: applied at its next start.
+    next_run: Mapped[dict[str, Any] | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String(32), default="Down")
+    status_reason: Mapped[str] = mapped_column(String(1024), default="")
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    started_at: Mapped[datetime | None] = mapped_column()
+    cluster: Mapped[Cluster] = relationship()
+    host: Mapped[Host | None] = relationship()
+    consoles: Mapped[list[VmConsole]] = relationship(
+        cascade="all, delete-orphan", order_by="VmConsole.protocol"
+    )
+
+
+class VmConsole(Base):
+    """Where a running VM's console listens, as the host's stats last said."""
+
+    __tablename__ = "vm_consoles"
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
+    protocol: Mapped[str] = mapped_column(String(8), primary_key=True)
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    tls_port: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=now)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

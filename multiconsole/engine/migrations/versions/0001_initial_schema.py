@@ -1,0 +1,109 @@
+"""initial schema
+
+Revision ID: 0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "clusters",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("compat_level", sa.String(length=8), nullable=False),
+        sa.Column("arch", sa.String(length=16), nullable=False),
+        sa.Column("console_address", sa.String(length=255), nullable=True),
+        sa.Column("description", sa.String(length=1024), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "users",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("password_hash", sa.String(length=256), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "hosts",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("address", sa.String(length=255), nullable=False),
+        sa.Column("port", sa.Integer(), nullable=False),
+        sa.Column("cluster_id", sa.String(length=36), nullable=False),
+        sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("capabilities", sa.JSON(), nullable=False),
+        sa.Column("console_address", sa.String(length=255), nullable=True),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], ondelete="RESTRICT"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "templates",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("cluster_id", sa.String(length=36), nullable=True),
+        sa.Column("os_type", sa.String(length=64), nullable=False),
+        sa.Column("memory_mib", sa.Integer(), nullable=False),
+        sa.Column("vcpus", sa.Integer(), nullable=False),
+        sa.Column("display", sa.JSON(), nullable=False),
+        sa.Column("description", sa.String(length=1024), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], ondelete="RESTRICT"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "vms",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("cluster_id", sa.String(length=36), nullable=False),
+        sa.Column("template_id", sa.String(length=36), nullable=True),
+        sa.Column("os_type", sa.String(length=64), nullable=False),
+        sa.Column("memory_mib", sa.Integer(), nullable=False),
+        sa.Column("vcpus", sa.Integer(), nullable=False),
+        sa.Column("display", sa.JSON(), nullable=False),
+        sa.Column("next_run", sa.JSON(), nullable=True),
+        sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("status_reason", sa.String(length=1024), nullable=False),
+        sa.Column("host_id", sa.String(length=36), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], ondelete="RESTRICT"),
+        sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["template_id"], ["templates.id"], ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "vm_consoles",
+        sa.Column("vm_id", sa.String(length=36), nullable=False),
+        sa.Column("protocol", sa.String(length=8), nullable=False),
+        sa.Column("address", sa.String(length=255), nullable=False),
+        sa.Column("port", sa.Integer(), nullable=True),
+        sa.Column("tls_port", sa.Integer(), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["vm_id"], ["vms.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("vm_id", "protocol"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("vm_consoles")
+    op.drop_table("vms")
+    op.drop_table("templates")
+    op.drop_table("hosts")
+    op.drop_table("users")
+    op.drop_table("clusters")

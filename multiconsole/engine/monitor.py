@@ -1,0 +1,231 @@
+"""Host monitoring: poll every host's VM stats, follow its event stream, move states along.
+
+Polls each Up (or NonResponsive) host every `interval` seconds with Host.getAllVmStats;
+an event from a host's stream (a VM stopped, a console connected) polls that host at
+once. After `max_failures` failed polls in a row a host is NonResponsive and its VMs
+Unknown; the next good poll brings both back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload, sessionmaker
+
+from multiconsole.engine import service
+from multiconsole.engine.broker import AgentCallError, AgentClient
+from multiconsole.engine.db import Host, Vm, now
+
+log = logging.getLogger(__name__)
+POLLED = ("Up", "NonResponsive")
+CAPS_EVERY = 10  # cycles between capability refreshes (free memory for scheduling)
+
+
+class Monitor:
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        interval: float = 3.0,
+        max_failures: int = 3,
+        timeout: float = 5.0,
+        workers: int = 8,
+        follow_events: bool = True,
+    ):
+        self.sessions = sessions
+        self.interval = interval
+        self.max_failures = max_failures
+        self.timeout = timeout
+        self.workers = workers
+        self.follow_events = follow_events
+        self.cycles = 0
+        self.listeners: list = []  # called with (host_id, event) for every agent event
+        self._clients: dict[str, AgentClient] = {}
+        self._followers: dict[str, _Follower] = {}
+        self._wake = threading.Event()
+        self._woken: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- running -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for f in self._followers.values():
+            f.stop()
+        if self._thread:
+            self._thread.join(10)
+        for c in self._clients.values():
+            c.close()
+
+    def poke(self, host_id: str | None = None) -> None:
+        """Poll soon: one host, or all of them."""
+        with self._lock:
+            self._woken.add(host_id or "*")
+        self._wake.set()
+
+    def _run(self) -> None:
+        last_full = 0.0
+        while not self._stop.is_set():
+            timeout = max(0.0, last_full + self.interval - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                woken, self._woken = self._woken, set()
+            try:
+                if "*" in woken or time.monotonic() >= last_full + self.interval:
+                    last_full = time.monotonic()
+                    self.cycle()
+                else:
+                    for host_id in woken:
+                        self.poll(host_id)
+            except Exception:
+                log.exception("monitor cycle failed")
+
+    # --- one cycle --------------------------------------------------------------------
+
+    def cycle(self) -> int:
+        """Poll every monitored host once; returns how many were polled."""
+        with self.sessions() as session:
+            host_ids = session.scalars(select(Host.id).where(Host.status.in_(POLLED))).all()
+        self.cycles += 1
+        if len(host_ids) <= 1:
+            for h in host_ids:
+                self.poll(h)
+        else:
+            with ThreadPoolExecutor(min(self.workers, len(host_ids))) as pool:
+                list(pool.map(self.poll, host_ids))
+        if self.follow_events:
+            self._sync_followers(set(host_ids))
+        return len(host_ids)
+
+    def _client(self, host: Host) -> AgentClient:
+        key = f"{host.id}:{host.address}:{host.port}"
+        if key not in self._clients:
+            from multiconsole.engine.hosts import Agents
+
+            self._clients[key] = AgentClient(Agents.url(host.address, host.port), timeout=self.timeout)
+        return self._clients[key]
+
+    def poll(self, host_id: str) -> None:
+        with self.sessions() as session:
+            host = session.get(Host, host_id)
+            if host is None or host.status not in POLLED:
+                return
+            client = self._client(host)
+            try:
+                stats = client.call("Host.getAllVmStats")
+                if self.cycles % CAPS_EVERY == 0 or host.status != "Up":
+                    host.capabilities = client.call("Host.getCapabilities")
+            except (httpx.HTTPError, AgentCallError, ValueError) as err:
+                self._failed(session, host, err)
+                session.commit()
+                return
+            if host.status != "Up":
+                log.warning("host responds again host=%s", host.name)
+            host.status, host.failures, host.last_seen = "Up", 0, now()
+            self._apply(session, host, stats, client)
+            session.commit()
+
+    def _failed(self, session, host: Host, err: Exception) -> None:
+        host.failures += 1
+        if host.failures >= self.max_failures and host.status != "NonResponsive":
+            log.warning("host not responding host=%s error=%s", host.name, type(err).__name__)
+            host.status = "NonResponsive"
+        if host.status == "NonResponsive":
+            for vm in session.scalars(select(Vm).where(Vm.host_id == host.id)):
+                if vm.status in service.RUNNING:
+                    vm.status = "Unknown"
+
+    def _apply(self, session, host: Host, stats: list[dict], client: AgentClient) -> None:
+        by_id = {s.get("vmId"): s for s in stats if isinstance(s, dict)}
+        vms = session.scalars(
+            select(Vm)
+            .where(or_(Vm.host_id == host.id, Vm.id.in_(list(by_id))))
+            .options(selectinload(Vm.consoles), selectinload(Vm.cluster))
+        ).all()
+        for vm in vms:
+            s = by_id.get(vm.id)
+            if s is None:
+                if vm.host_id == host.id and vm.status in service.RUNNING:
+                    service.mark_down(vm, "no longer running on its host")
+                continue
+            if s.get("status") == "Down":
+                # The guest powered off: let the host forget it, the VM is Down.
+                try:
+                    client.call("VM.destroy", vmID=vm.id)
+                except (httpx.HTTPError, AgentCallError):
+                    pass
+                service.mark_down(vm, "powered off")
+                continue
+            if vm.host_id not in (None, host.id):
+                continue  # another host claims it; leave it to that host's poll
+            vm.host_id = host.id
+            vm.host = host
+            service.apply_vm_stats(vm, host, s)
+
+    # --- event streams -------------------------------------------------------------------
+
+    def _sync_followers(self, host_ids: set[str]) -> None:
+        for host_id in list(self._followers):
+            if host_id not in host_ids:
+                self._followers.pop(host_id).stop()
+        with self.sessions() as session:
+            for host_id in host_ids - set(self._followers):
+                host = session.get(Host, host_id)
+                if host is not None:
+                    from multiconsole.engine.hosts import Agents
+
+                    url = Agents.url(host.address, host.port)
+                    self._followers[host_id] = _Follower(host_id, url, self._on_event)
+
+    def _on_event(self, host_id: str, event: dict) -> None:
+        for listener in self.listeners:
+            try:
+                listener(host_id, event)
+            except Exception:
+                log.exception("event listener failed")
+        self.poke(host_id)
+
+
+class _Follower:
+    """Reads one agent's server-sent events on a thread, reconnecting when it drops."""
+
+    def __init__(self, host_id: str, url: str, on_event):
+        self.host_id, self.url, self.on_event = host_id, url, on_event
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name=f"events-{host_id[:8]}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with httpx.stream(
+                    "GET", f"{self.url}/events", timeout=httpx.Timeout(5.0, read=60.0)
+                ) as reply:
+                    for line in reply.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if line.startswith("data: "):
+                            try:
+                                self.on_event(self.host_id, json.loads(line[6:]))
+                            except ValueError:
+                                continue
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(3.0)

@@ -1,0 +1,284 @@
+"""REST payloads of /api/v1: one typed model per resource, validated at the boundary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from multiconsole.domain.devices import SPICE_CHANNELS, GraphicsType, VideoModel
+from multiconsole.domain.display import CLUSTER_LEVELS, DisconnectAction, DisplayConfig
+from multiconsole.engine.db import Cluster, Host, Template, Vm
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Name = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
+OptionalName = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+SpiceChannel = Literal[SPICE_CHANNELS]  # type: ignore[valid-type]
+Level = Literal[CLUSTER_LEVELS]  # type: ignore[valid-type]
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClusterIn(In):
+    name: str = Name
+    compat_level: Level = CLUSTER_LEVELS[-1]
+    arch: Literal["x86_64", "ppc64"] = "x86_64"
+    console_address: str | None = Field(None, max_length=255)
+    description: str = Field("", max_length=1024)
+
+
+class ClusterPatch(In):
+    console_address: str | None = Field(None, max_length=255)
+    description: str | None = Field(None, max_length=1024)
+
+
+class ClusterOut(BaseModel):
+    id: str
+    name: str
+    compat_level: str
+    arch: str
+    console_address: str | None
+    description: str
+
+    @classmethod
+    def of(cls, c: Cluster) -> ClusterOut:
+        return cls(
+            id=c.id,
+            name=c.name,
+            compat_level=c.compat_level,
+            arch=c.arch,
+            console_address=c.console_address,
+            description=c.description,
+        )
+
+
+class HostIn(In):
+    name: str = Name
+    address: str = Field(min_length=1, max_length=255)
+    port: int = Field(54321, ge=1, le=65535)
+    cluster: str = Field(min_length=1, max_length=64)
+    console_address: str | None = Field(None, max_length=255)
+
+
+class HostOut(BaseModel):
+    id: str
+    name: str
+    address: str
+    port: int
+    cluster: str
+    status: str
+    console_address: str | None
+    last_seen: datetime | None
+    capabilities: dict[str, Any]
+
+    @classmethod
+    def of(cls, h: Host) -> HostOut:
+        return cls(
+            id=h.id,
+            name=h.name,
+            address=h.address,
+            port=h.port,
+            cluster=h.cluster.name,
+            status=h.status,
+            console_address=h.console_address,
+            last_seen=h.last_seen,
+            capabilities=h.capabilities or {},
+        )
+
+
+class DisplayFields(In):
+    video: VideoModel | None = None
+    consoles: list[GraphicsType] | None = Field(None, max_length=2)
+    monitors: int | None = Field(None, ge=1, le=4)
+    vram: int | None = Field(None, ge=1024, le=1048576, description="KiB")
+    keyboard_layout: str | None = Field(None, pattern=r"^[a-z]{2,3}(-[a-z]{2,8})?$")
+    copy_paste: bool | None = None
+    file_transfer: bool | None = None
+    spice_secure_channels: list[SpiceChannel] | None = None
+    disconnect_action: DisconnectAction | None = None
+    allow_reconnect: bool | None = None
+
+
+class VmIn(DisplayFields):
+    name: str = Name
+    cluster: str = Field(min_length=1, max_length=64)
+    template: str | None = Field(None, max_length=64)
+    os_type: str | None = Field(None, max_length=64)
+    memory_mib: int | None = Field(None, ge=16, le=1048576)
+    vcpus: int | None = Field(None, ge=1, le=256)
+
+
+class VmPatch(DisplayFields):
+    name: str | None = OptionalName
+    os_type: str | None = Field(None, max_length=64)
+    memory_mib: int | None = Field(None, ge=16, le=1048576)
+    vcpus: int | None = Field(None, ge=1, le=256)
+
+
+class TemplateIn(DisplayFields):
+    name: str = Name
+    cluster: str | None = Field(None, max_length=64)
+    os_type: str | None = Field(None, max_length=64)
+    memory_mib: int | None = Field(None, ge=16, le=1048576)
+    vcpus: int | None = Field(None, ge=1, le=256)
+    description: str | None = Field(None, max_length=1024)
+
+
+class TemplatePatch(DisplayFields):
+    name: str | None = OptionalName
+    os_type: str | None = Field(None, max_length=64)
+    memory_mib: int | None = Field(None, ge=16, le=1048576)
+    vcpus: int | None = Field(None, ge=1, le=256)
+    description: str | None = Field(None, max_length=1024)
+
+
+class DisplayOut(BaseModel):
+    video: str
+    consoles: list[str]
+    monitors: int
+    vram: int | None
+    keyboard_layout: str | None
+    copy_paste: bool
+    file_transfer: bool
+    spice_secure_channels: list[str]
+    disconnect_action: str
+    allow_reconnect: bool
+
+    @classmethod
+    def of(cls, data: dict) -> DisplayOut:
+        d = DisplayConfig.from_json(data)
+        return cls(
+            video=d.video.value,
+            consoles=[g.value for g in d.graphics],
+            monitors=d.monitors,
+            vram=d.vram,
+            keyboard_layout=d.keyboard_layout,
+            copy_paste=d.copy_paste,
+            file_transfer=d.file_transfer,
+            spice_secure_channels=list(d.spice_secure_channels),
+            disconnect_action=d.disconnect_action.value,
+            allow_reconnect=d.allow_reconnect,
+        )
+
+
+class ConsoleOut(BaseModel):
+    protocol: str
+    address: str
+    port: int | None
+    tls_port: int | None
+
+
+class NextRun(BaseModel):
+    memory_mib: int | None = None
+    vcpus: int | None = None
+    os_type: str | None = None
+    display: DisplayOut
+
+
+class VmOut(BaseModel):
+    id: str
+    name: str
+    cluster: str
+    template: str | None
+    os_type: str
+    memory_mib: int
+    vcpus: int
+    status: str
+    status_reason: str
+    host: str | None
+    display: DisplayOut
+    next_run: NextRun | None = Field(description="changes that apply at the next start")
+    consoles: list[ConsoleOut] = Field(description="where the running VM's consoles listen")
+    created_at: datetime
+    started_at: datetime | None
+
+    @classmethod
+    def of(cls, vm: Vm, template_name: str | None = None) -> VmOut:
+        nr = None
+        if vm.next_run:
+            nr = NextRun(
+                memory_mib=vm.next_run.get("memory_mib"),
+                vcpus=vm.next_run.get("vcpus"),
+                os_type=vm.next_run.get("os_type"),
+                display=DisplayOut.of(vm.next_run.get("display", vm.display)),
+            )
+        return cls(
+            id=vm.id,
+            name=vm.name,
+            cluster=vm.cluster.name,
+            template=template_name,
+            os_type=vm.os_type,
+            memory_mib=vm.memory_mib,
+            vcpus=vm.vcpus,
+            status=vm.status,
+            status_reason=vm.status_reason,
+            host=vm.host.name if vm.host else None,
+            display=DisplayOut.of(vm.display),
+            next_run=nr,
+            consoles=[
+                ConsoleOut(protocol=c.protocol, address=c.address, port=c.port, tls_port=c.tls_port)
+                for c in vm.consoles
+            ],
+            created_at=vm.created_at,
+            started_at=vm.started_at,
+        )
+
+
+class TemplateOut(BaseModel):
+    id: str
+    name: str
+    cluster: str | None
+    os_type: str
+    memory_mib: int
+    vcpus: int
+    display: DisplayOut
+    description: str
+
+    @classmethod
+    def of(cls, t: Template, cluster_name: str | None) -> TemplateOut:
+        return cls(
+            id=t.id,
+            name=t.name,
+            cluster=cluster_name,
+            os_type=t.os_type,
+            memory_mib=t.memory_mib,
+            vcpus=t.vcpus,
+            display=DisplayOut.of(t.display),
+            description=t.description,
+        )
+
+
+class ConfiguredConsole(BaseModel):
+    protocol: str
+
+
+class VmConsoles(BaseModel):
+    vm: str
+    status: str
+    configured: list[ConfiguredConsole]
+    current: list[ConsoleOut]
+    next_run: list[ConfiguredConsole] | None = Field(
+        description="the consoles the VM gets at its next start, when they differ"
+    )
+
+
+class OsTypeOut(BaseModel):
+    name: str
+    label: str
+    arch: str
+    pairs: list[dict[str, str]]
+
+
+class RuleCheckIn(DisplayFields):
+    os_type: str = "other"
+    cluster: str | None = None
+    compat_level: Level | None = None
+    arch: Literal["x86_64", "ppc64"] | None = None
+
+
+class Violation(BaseModel):
+    field: str
+    reason: str
