@@ -9,7 +9,12 @@ import typer
 
 from multiconsole import logs
 
-app = typer.Typer(help="multiconsole: VMs with SPICE and VNC consoles side by side.", no_args_is_help=True)
+# No locals in tracebacks: they may hold passwords.
+app = typer.Typer(
+    help="multiconsole: VMs with SPICE and VNC consoles side by side.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 DEFAULT_PKI = Path("/etc/multiconsole/pki")
 
@@ -99,14 +104,24 @@ def engine(
 @app.command()
 def demo(
     agent_port: int = typer.Option(54321, help="port of the demo's agent"),
+    engine_port: int = typer.Option(8080, help="port of the demo's engine"),
     virt_type: str = typer.Option("qemu", help="auto, kvm or qemu (TCG)"),
     ticket_ttl: int = typer.Option(600, help="seconds the printed console passwords stay valid"),
 ) -> None:
-    """Run an agent and a VM named 'demo' with SPICE and VNC; print how to connect."""
+    """Run an agent, the engine and a VM 'demo' with SPICE and VNC; print how to connect."""
     from multiconsole.demo import run
 
     logs.setup(False)
-    run(agent_port=agent_port, virt_type=virt_type, ticket_ttl=ticket_ttl)
+    run(agent_port=agent_port, engine_port=engine_port, virt_type=virt_type, ticket_ttl=ticket_ttl)
+
+
+# The engine's REST API from the shell: multiconsole cluster | host | vm | template ...
+from multiconsole.cli_engine import cluster_app, host_app, template_app, vm_app  # noqa: E402
+
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(host_app, name="host")
+app.add_typer(vm_app, name="vm")
+app.add_typer(template_app, name="template")
 
 
 def main() -> None:

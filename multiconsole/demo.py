@@ -1,145 +1,207 @@
-"""`make demo`: an agent on local libvirt/QEMU and a VM named 'demo' with SPICE and VNC."""
+"""`make demo`: libvirtd, an agent, the engine on SQLite, and a VM 'demo' with SPICE and VNC.
+
+Idempotent: a second run reuses the cluster, host and VM of the first. Ctrl-C stops the
+VM, the engine and the agent.
+"""
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
 from multiconsole.domain.devices import GraphicsType
-from multiconsole.engine.broker import AgentCallError, AgentClient
+from multiconsole.engine import auth, db
 from multiconsole.paths import data_dir
-from multiconsole.wire.stats import consoles_from_stats
 from multiconsole.wire.vvfile import ViewerFile, render
 
-DEMO_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "multiconsole:demo"))
-DEMO_PARAMS = {
-    "vmId": DEMO_ID,
-    "vmName": "demo",
-    "memSize": 128,
-    "smp": "1",
-    "devices": [
-        {"type": "video", "device": "qxl", "specParams": {"vram": "32768", "heads": "1"}},
-        {"type": "graphics", "device": "spice", "specParams": {"keyMap": "en-us"}},
-        {"type": "graphics", "device": "vnc", "specParams": {"keyMap": "en-us"}},
-    ],
+DEMO_VM = {
+    "name": "demo",
+    "cluster": "Default",
+    "memory_mib": 128,
+    "vcpus": 1,
+    "video": "qxl",
+    "consoles": ["spice", "vnc"],
 }
 
 
-def _wait_for_agent(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
+class DemoError(SystemExit):
+    pass
+
+
+def _spawn(args: list[str], log_name: str) -> subprocess.Popen:
+    log = (data_dir() / log_name).open("ab")
+    # A session of its own: Ctrl-C is ours, we stop the VM before the engine and agent.
+    return subprocess.Popen(
+        [sys.executable, "-m", "multiconsole.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: the agent exited with status {proc.returncode}")
+            raise DemoError(f"demo: the {what} exited (status {proc.returncode}); see {data_dir()}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
+            httpx.get(url, timeout=1)
+            return
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("demo: the agent did not answer in time")
+            time.sleep(0.2)
+    raise DemoError(f"demo: the {what} did not answer at {url}")
 
 
-def _open_consoles(agent: AgentClient, stats: dict, ticket_ttl: int) -> list[tuple]:
-    """Give each console a password and a remote-viewer file; rows for the table."""
-    folder = data_dir() / "demo"
-    folder.mkdir(exist_ok=True)
-    rows = []
-    for console in consoles_from_stats(stats, "127.0.0.1"):
-        password = secrets.token_urlsafe(6)[:8]
-        agent.call(
-            "VM.updateDevice",
-            vmID=DEMO_ID,
-            params={
-                "deviceType": "graphics",
-                "graphicsType": console.protocol.value,
-                "password": password,
-                "ttl": ticket_ttl,
-            },
-        )
-        vv = folder / f"demo-{console.protocol.value}.vv"
-        vv.write_text(
-            render(
-                ViewerFile(
-                    protocol=console.protocol,
-                    host=console.address,
-                    port=console.port,
-                    password=password,
-                    ttl=ticket_ttl,
-                    title="demo",
-                    tls_port=console.tls_port,
-                )
-            )
-        )
-        vv.chmod(0o600)
-        rows.append((console, password, vv))
-    return rows
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def run(agent_port: int, virt_type: str, ticket_ttl: int) -> None:
+def _admin_password(db_url: str) -> str:
+    """The demo's admin password: the environment's, the CLI settings', or a new one."""
+    from multiconsole.client import load_settings
+
+    password = os.environ.get("MULTICONSOLE_ADMIN_PASSWORD") or load_settings().get("password")
+    password = password or secrets.token_urlsafe(12)
+    engine = db.make_engine(db_url)
+    db.migrate(engine)
+    with db.sessions(engine)() as session:
+        auth.set_password(session, auth.ADMIN, password)
+        session.commit()
+    engine.dispose()
+    return password
+
+
+class Api:
+    def __init__(self, url: str, password: str):
+        self.http = httpx.Client(base_url=f"{url}/api/v1", auth=(auth.ADMIN, password), timeout=120)
+
+    def __call__(self, method: str, path: str, **kw) -> dict | list | None:
+        reply = self.http.request(method, path, **kw)
+        if reply.status_code >= 400:
+            err = reply.json().get("error", {})
+            raise DemoError(f"demo: {method} {path}: {err.get('message', reply.text)}")
+        return reply.json() if reply.content else None
+
+    def find(self, path: str, name: str) -> dict | None:
+        return next((x for x in self("GET", path) if x["name"] == name), None)
+
+
+def run(agent_port: int = 54321, engine_port: int = 8080, virt_type: str = "qemu", ticket_ttl: int = 600):
     out = Console()
-    url = f"http://127.0.0.1:{agent_port}"
-    cmd = [sys.executable, "-m", "multiconsole.cli", "agent", "--insecure"]
-    cmd += ["--listen", f"127.0.0.1:{agent_port}", "--virt-type", virt_type]
-    # Ctrl-C is ours: we destroy the VM first, then stop the agent.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    for port, what in ((agent_port, "agent"), (engine_port, "engine")):
+        if not _port_free(port):
+            raise DemoError(f"demo: port {port} for the {what} is taken (an earlier demo still running?)")
+    db_url = f"sqlite:///{data_dir() / 'engine.db'}"
+    password = _admin_password(db_url)
+    engine_url = f"http://127.0.0.1:{engine_port}"
+    procs = [
+        _spawn(
+            ["agent", "--insecure", "--listen", f"127.0.0.1:{agent_port}", "--virt-type", virt_type],
+            "agent.log",
+        ),
+        _spawn(["engine", "--db", db_url, "--listen", f"127.0.0.1:{engine_port}"], "engine.log"),
+    ]
+    api = None
     try:
-        _wait_for_agent(url, proc)
-        with AgentClient(url) as agent:
-            try:
-                agent.call("VM.destroy", vmID=DEMO_ID)  # left over from an earlier demo
-            except AgentCallError:
-                pass
-            caps = agent.call("Host.getCapabilities")
-            stats = agent.call("VM.create", vmID=DEMO_ID, vmParams=DEMO_PARAMS)["vmList"]
-            table = Table(
-                title=f"VM 'demo' is {stats['status']} ({caps['virtType']}, "
-                f"libvirt {caps['libvirtVersion']}, QEMU {caps['qemuVersion']})"
-            )
-            for col in ("console", "address", "port", "password", "remote-viewer file"):
-                table.add_column(col, overflow="fold")
-            hints = []
-            for console, password, vv in _open_consoles(agent, stats, ticket_ttl):
-                table.add_row(
-                    console.protocol.value.upper(),
-                    console.address,
-                    str(console.port),
-                    password,
-                    str(vv),
+        with out.status("starting the agent and the engine"):
+            _wait(f"http://127.0.0.1:{agent_port}/health", procs[0], "agent")
+            _wait(f"{engine_url}/docs", procs[1], "engine")
+        from multiconsole.client import save_settings
+
+        save_settings(engine_url, auth.ADMIN, password)
+        api = Api(engine_url, password)
+        with out.status("registering the host and the demo VM"):
+            if api.find("/clusters", "Default") is None:
+                api("POST", "/clusters", json={"name": "Default", "compat_level": "4.7"})
+            if api.find("/hosts", "local") is None:
+                api(
+                    "POST",
+                    "/hosts",
+                    json={"name": "local", "address": "127.0.0.1", "port": agent_port, "cluster": "Default"},
                 )
-                hints.append(f"remote-viewer {vv}")
-                if console.protocol == GraphicsType.VNC:
-                    hints.append(
-                        f".venv/bin/vncdotool -s {console.address}::{console.port} "
-                        f"-p {password} capture shot.png"
+            vm = api.find("/vms", "demo")
+            if vm is None:
+                vm = api("POST", "/vms", json=DEMO_VM)
+            if vm["status"] != "Down":
+                api("POST", "/vms/demo/stop")
+        with out.status("starting the VM 'demo'"):
+            vm = api("POST", "/vms/demo/start")
+        table = Table(title=f"VM 'demo' is {vm['status']} on host {vm['host']}")
+        for col in ("console", "address", "port", "one-time password", "remote-viewer file"):
+            table.add_column(col, overflow="fold")
+        hints = []
+        folder = data_dir() / "demo"
+        folder.mkdir(exist_ok=True)
+        for console in vm["consoles"]:
+            proto = console["protocol"]
+            t = api("POST", f"/vms/demo/consoles/{proto}/ticket", json={"ttl": ticket_ttl})
+            vv = folder / f"demo-{proto}.vv"
+            vv.write_text(
+                render(
+                    ViewerFile(
+                        protocol=GraphicsType(proto),
+                        host=t["address"],
+                        port=t["port"],
+                        password=t["password"],
+                        ttl=ticket_ttl,
+                        title="demo",
+                        tls_port=t["tls_port"],
                     )
-            out.print(table)
-            out.print("Connect with (no desktop here? prefix remote-viewer with xvfb-run -a):")
-            for hint in hints:
-                out.print(f"  {hint}", soft_wrap=True, highlight=False)
-            out.print(
-                f"Agent: {url}/jsonrpc (schema at {url}/jsonrpc/schema). "
-                f"Passwords are valid for {ticket_ttl} s. Ctrl-C stops the demo.",
-                soft_wrap=True,
+                )
             )
-            try:
-                while proc.poll() is None:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                out.print("stopping the demo VM")
-            try:
-                agent.call("VM.destroy", vmID=DEMO_ID)
-            except (AgentCallError, httpx.HTTPError):
-                pass
-    finally:
-        proc.terminate()
+            vv.chmod(0o600)
+            table.add_row(proto.upper(), t["address"], str(t["port"]), t["password"], str(vv))
+            hints.append(f"remote-viewer {vv}")
+            if proto == "vnc":
+                hints.append(
+                    f".venv/bin/vncdotool -s {t['address']}::{t['port']} -p {t['password']} capture shot.png"
+                )
+        out.print(table)
+        out.print(
+            f"Engine: {engine_url}  (API docs at {engine_url}/docs)  user {auth.ADMIN}  password {password}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        out.print(
+            "The CLI works with no flags here, e.g. .venv/bin/multiconsole vm consoles demo",
+            soft_wrap=True,
+            highlight=False,
+        )
+        out.print(
+            f"Connect within {ticket_ttl} s (no desktop? prefix remote-viewer with xvfb-run -a):",
+            soft_wrap=True,
+        )
+        for hint in hints:
+            out.print(f"  {hint}", soft_wrap=True, highlight=False)
+        out.print("Ctrl-C stops the demo.")
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            while all(p.poll() is None for p in procs):
+                time.sleep(1)
+            out.print(f"demo: a process exited; logs are in {data_dir()}")
+        except KeyboardInterrupt:
+            pass
+    finally:
+        if api is not None:
+            out.print("stopping the demo VM")
+            try:
+                api("POST", "/vms/demo/stop")
+            except (DemoError, httpx.HTTPError):
+                pass
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config gcc
   python3-venv python3-dev
   spice-client-gtk virt-viewer xvfb xauth imagemagick x11-utils
+  postgresql
 )
 
 need_apt=0
@@ -39,13 +40,29 @@ for _ in $(seq 1 600); do
 done
 virsh -c qemu:///system version >/dev/null
 
+# PostgreSQL for the engine's tests (and multi-host installations): Debian's cluster,
+# a role and a database of our own. SQLite needs nothing.
+if [ "${MULTICONSOLE_NO_POSTGRES:-0}" != 1 ]; then
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1)
+  if [ -n "$ver" ]; then
+    pg_lsclusters -h | awk '{print $4}' | grep -q online || pg_ctlcluster "$ver" main start
+    for _ in $(seq 1 100); do su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break; sleep 0.1; done
+    su postgres -c "psql -qAtc \"select 1 from pg_roles where rolname='multiconsole'\"" | grep -q 1 ||
+      su postgres -c "psql -qc \"create role multiconsole login createdb password 'multiconsole'\""
+    su postgres -c "psql -qAtc \"select 1 from pg_database where datname='multiconsole_test'\"" | grep -q 1 ||
+      su postgres -c "createdb -O multiconsole multiconsole_test"
+  fi
+fi
+
 # Python side: the venv and the project (editable) with its test extras.
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "setup: installing Python packages into $VENV"
-  # pip's configured mirrors that do not exist here only warn: keep them out of the way.
-  quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; return "${PIPESTATUS[0]}"; }
-  quiet "$VENV/bin/pip" install -q --upgrade pip
-  quiet "$VENV/bin/pip" install -q -e '.[test]'
+  # Quiet unless it fails: then show what pip said.
+  log=$(mktemp)
+  if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e '.[test]'; } >"$log" 2>&1; then
+    grep -v "is ignored: it is neither" "$log" >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
   touch "$STAMP"
 fi

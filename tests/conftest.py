@@ -29,8 +29,6 @@ def manager(test_uri: str) -> VmManager:
 
 
 def artifacts_dir() -> Path:
-    path = Path(
-        os.environ.get("MULTICONSOLE_ARTIFACTS", Path(__file__).parent.parent / "artifacts")
-    )
+    path = Path(os.environ.get("MULTICONSOLE_ARTIFACTS", Path(__file__).parent.parent / "artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path

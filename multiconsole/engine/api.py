@@ -26,6 +26,8 @@ from multiconsole.engine.schemas import (
     TemplateIn,
     TemplateOut,
     TemplatePatch,
+    TicketIn,
+    TicketOut,
     Violation,
     VmConsoles,
     VmIn,
@@ -232,6 +234,22 @@ def vm_consoles(key: str, session: Session = Depends(db)):
             for c in vm.consoles
         ],
         next_run=nxt,
+    )
+
+
+@router.post("/vms/{key}/consoles/{protocol}/ticket", response_model=TicketOut)
+def console_ticket(
+    key: str,
+    protocol: str,
+    request: Request,
+    body: TicketIn | None = None,
+    session: Session = Depends(db),
+    user: User = Depends(current_user),
+):
+    """A fresh one-time password for one console of a running VM."""
+    body = body or TicketIn()
+    return service.issue_ticket(
+        session, request.app.state.agents, key, protocol, body.ttl, body.existing_connection, user.name
     )
 
 

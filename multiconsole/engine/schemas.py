@@ -282,3 +282,21 @@ class RuleCheckIn(DisplayFields):
 class Violation(BaseModel):
     field: str
     reason: str
+
+
+class TicketIn(In):
+    ttl: int = Field(120, ge=1, le=7200, description="seconds the password is valid")
+    existing_connection: Literal["disconnect", "keep", "fail"] = Field(
+        "disconnect", description="what happens to a SPICE client already connected"
+    )
+
+
+class TicketOut(BaseModel):
+    vm: str
+    protocol: str
+    password: str
+    expires: datetime
+    ttl: int
+    address: str
+    port: int | None
+    tls_port: int | None

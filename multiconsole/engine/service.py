@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -501,7 +503,8 @@ def mark_down(vm: Vm, reason: str = "") -> None:
 def apply_vm_stats(vm: Vm, host: Host, stats: dict) -> None:
     """A VM's status and console addresses from the stats of the host that runs it."""
     vm.status = AGENT_STATUS.get(stats.get("status", ""), "Unknown")
-    found = {c.protocol.value: c for c in consoles_from_stats(stats, console_address(host))}
+    legacy = not multi_console(vm.cluster.compat_level)
+    found = {c.protocol.value: c for c in consoles_from_stats(stats, console_address(host), legacy)}
     for existing in list(vm.consoles):
         if existing.protocol not in found:
             vm.consoles.remove(existing)
@@ -529,3 +532,80 @@ def apply_vm_stats(vm: Vm, host: Host, stats: dict) -> None:
 
 def field_error(err: FieldError) -> EngineError:
     return EngineError.from_field(err)
+
+
+# --- console tickets -------------------------------------------------------------------
+
+TICKET_TTL_DEFAULT = 120
+TICKET_TTL_MAX = 7200
+
+
+def new_console_password() -> str:
+    """8 characters (VNC's limit) from 6 random bytes."""
+    return secrets.token_urlsafe(6)
+
+
+def issue_ticket(
+    session: Session,
+    agents: Agents,
+    key: str,
+    protocol: str,
+    ttl: int = TICKET_TTL_DEFAULT,
+    existing_conn_action: str = "disconnect",
+    user_name: str = "",
+) -> dict:
+    """A one-time password on one console of a running VM, valid for `ttl` seconds."""
+    vm = get_vm(session, key)
+    try:
+        gtype = GraphicsType(protocol)
+    except ValueError:
+        raise NotFound("protocol", f"no console protocol {protocol!r}: spice or vnc") from None
+    if not 1 <= ttl <= TICKET_TTL_MAX:
+        raise EngineError("ttl", f"must be 1..{TICKET_TTL_MAX} seconds", 422)
+    if vm.status not in ("Up", "Paused", "PoweringUp"):
+        raise Conflict("status", f"VM {vm.name!r} is {vm.status}: consoles open only while it runs")
+    console = next((c for c in vm.consoles if c.protocol == gtype.value), None)
+    if console is None:
+        raise NotFound("protocol", f"VM {vm.name!r} has no running {gtype.value} console")
+    host = session.get(Host, vm.host_id)
+    password = new_console_password()
+    params = {
+        "deviceType": "graphics",
+        "graphicsType": gtype.value,
+        "password": password,
+        "ttl": ttl,
+        "existingConnAction": existing_conn_action,
+        "params": {"userName": user_name},
+    }
+    legacy = not multi_console(vm.cluster.compat_level) or not (host.capabilities or {}).get(
+        "graphicsDevices"
+    )
+    try:
+        if legacy:
+            # Old hosts know only setTicket, on the VM's one console.
+            agents.for_host(host).call(
+                "VM.setTicket",
+                vmID=vm.id,
+                password=password,
+                ttl=ttl,
+                existingConnAction=existing_conn_action,
+                params=params["params"],
+            )
+        else:
+            agents.for_host(host).call("VM.updateDevice", vmID=vm.id, params=params)
+    except AgentCallError as err:
+        raise EngineError("host", f"host {host.name} could not set the ticket: {err.message}", 409) from None
+    except httpx.HTTPError as err:
+        raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
+    expires = now() + timedelta(seconds=ttl)
+    log.info("console ticket issued vm=%s console=%s ttl=%d", vm.name, gtype.value, ttl)
+    return {
+        "vm": vm.name,
+        "protocol": gtype.value,
+        "password": password,
+        "expires": expires,
+        "ttl": ttl,
+        "address": console.address,
+        "port": console.port,
+        "tls_port": console.tls_port,
+    }

@@ -106,9 +106,10 @@ def _protocol(value: object) -> GraphicsType | None:
     return None
 
 
-def consoles_from_stats(stats: dict, host_address: str) -> list[ConsoleAddress]:
+def consoles_from_stats(stats: dict, host_address: str, legacy: bool = False) -> list[ConsoleAddress]:
     """Console addresses from one VM's stats: displayInfo if present, else legacy fields.
 
+    `legacy` reads only the legacy fields, as an engine below cluster level 3.4 does.
     Entries without any usable port are dropped; an unspecified listen address
     (0, 0.0.0.0) is replaced by the host's console address.
     """
@@ -119,7 +120,7 @@ def consoles_from_stats(stats: dict, host_address: str) -> list[ConsoleAddress]:
         return host_address if text in UNSPECIFIED_ADDRESSES else text
 
     out: list[ConsoleAddress] = []
-    info = stats.get("displayInfo")
+    info = None if legacy else stats.get("displayInfo")
     if isinstance(info, list) and info:
         for entry in info:
             if not isinstance(entry, dict):

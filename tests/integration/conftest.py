@@ -151,9 +151,7 @@ def ports(stats: dict) -> dict[str, int]:
     return {d["type"]: int(d["port"]) for d in stats["displayInfo"]}
 
 
-def ticket(
-    client: AgentClient, vm_id: str, console: str, password: str, ttl: int = 60, **kw
-) -> None:
+def ticket(client: AgentClient, vm_id: str, console: str, password: str, ttl: int = 60, **kw) -> None:
     client.call(
         "VM.updateDevice",
         vmID=vm_id,

@@ -52,9 +52,7 @@ def test_recovery_after_kill_9(log_dir, system_conn, tmp_path):
                     existingConnAction="disconnect",
                     params={},
                 )
-                assert (
-                    capture_screen(spice_capture, p["spice"], "recovr02", tmp_path / "s.png") == 0
-                )
+                assert capture_screen(spice_capture, p["spice"], "recovr02", tmp_path / "s.png") == 0
                 vms.client = fresh
                 vms.destroy_all()
         finally:

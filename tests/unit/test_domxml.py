@@ -128,8 +128,7 @@ def test_spicevmc_channel_only_with_spice():
     def channels(devices):
         root = build(params(*devices))
         return [
-            (dict(c.attrib), [dict(t.attrib) for t in c])
-            for c in root.findall("devices/channel")
+            (dict(c.attrib), [dict(t.attrib) for t in c]) for c in root.findall("devices/channel")
         ]
 
     agent = ({"type": "spicevmc"}, [{"type": "virtio", "name": "com.redhat.spice.0"}])
@@ -184,7 +183,9 @@ def test_clipboard_and_file_transfer_elements_when_disabled():
 
 
 def test_only_file_transfer_disabled():
-    (spice,) = graphics(build(params(QXL, {**SPICE, "specParams": {"fileTransferEnable": "false"}})))
+    (spice,) = graphics(
+        build(params(QXL, {**SPICE, "specParams": {"fileTransferEnable": "false"}}))
+    )
     assert spice.find("clipboard") is None
     assert dict(spice.find("filetransfer").attrib) == {"enable": "no"}
 

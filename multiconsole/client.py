@@ -1,0 +1,257 @@
+"""A client of the engine's REST API (/api/v1): where the engine is, who we are, its errors.
+
+Where to connect and as whom is resolved field by field, first found wins:
+flags (the arguments given here) > environment (MULTICONSOLE_URL, MULTICONSOLE_USER,
+MULTICONSOLE_PASSWORD) > the settings file (`settings_path()`, written by `save_settings`,
+e.g. by the demo) > defaults (http://127.0.0.1:8080, admin@internal, no password).
+
+The settings file's user and password belong to the file's engine: they are used only when
+the resolved URL is the file's URL (and its password only for the file's user), so pointing
+`--engine` elsewhere never sends those credentials to another server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_USER = "admin@internal"
+ENV_URL = "MULTICONSOLE_URL"
+ENV_USER = "MULTICONSOLE_USER"
+ENV_PASSWORD = "MULTICONSOLE_PASSWORD"
+API_PREFIX = "/api/v1"
+# Starting a VM waits for the host's agent (the engine allows it 30 s).
+TIMEOUT = 60.0
+
+
+class ClientError(Exception):
+    """Anything that kept a request from getting an answer; `exit_code` for the CLI."""
+
+    exit_code = 1
+
+
+class EngineApiError(ClientError):
+    """The engine refused the request: its status, the field at fault and the reason."""
+
+    def __init__(self, status: int, field: str | None, reason: str, message: str | None = None):
+        self.status = status
+        self.field = field
+        self.reason = reason
+        self.message = message or (f"{field}: {reason}" if field else reason)
+        super().__init__(self.message)
+
+
+class EngineUnreachable(ClientError):
+    """No answer from the engine at `url` (refused, timed out, not a valid URL ...)."""
+
+    exit_code = 2
+
+    def __init__(self, url: str, detail: str):
+        self.url = url
+        self.detail = detail
+        super().__init__(f"cannot reach the engine at {url}: {detail}")
+
+
+class SettingsError(ClientError):
+    """The settings file exists but cannot be read."""
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def settings_path() -> Path:
+    """$XDG_CONFIG_HOME/multiconsole/cli.json, by default ~/.config/multiconsole/cli.json."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "multiconsole" / "cli.json"
+
+
+def save_settings(url: str, user: str, password: str, path: Path | None = None) -> Path:
+    """Write where the engine is and how to log in, readable by the owner only (0600)."""
+    path = path or settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = {"url": normalize_url(url), "user": user, "password": password}
+    # mkstemp creates the file 0600 from the start; replace() makes the write atomic.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cli.", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_settings(path: Path | None = None) -> dict[str, str]:
+    """The settings file's url, user and password (those present); {} without a file."""
+    path = path or settings_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise SettingsError(f"cannot read the settings file {path}: {err.strerror or err}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SettingsError(f"the settings file {path} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"the settings file {path} is not a JSON object")
+    return {k: data[k] for k in ("url", "user", "password") if isinstance(data.get(k), str) and data[k]}
+
+
+def normalize_url(url: str) -> str:
+    """`host:port` -> `http://host:port`; no trailing slash nor /api/v1."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    if url.endswith(API_PREFIX):
+        url = url[: -len(API_PREFIX)].rstrip("/")
+    return url
+
+
+@dataclass(frozen=True)
+class Connection:
+    url: str
+    user: str
+    password: str | None
+
+
+def resolve(
+    url: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    settings: dict[str, str] | None = None,
+) -> Connection:
+    """Flags > environment > settings file > defaults, as the module's docstring says."""
+    env = os.environ if environ is None else environ
+    saved = load_settings() if settings is None else settings
+    url = normalize_url(url or env.get(ENV_URL) or saved.get("url") or DEFAULT_URL)
+    applies = "url" not in saved or normalize_url(saved["url"]) == url
+    user = user or env.get(ENV_USER) or (saved.get("user") if applies else None) or DEFAULT_USER
+    if not password:
+        password = env.get(ENV_PASSWORD) or None
+    if password is None and applies and saved.get("user", user) == user:
+        password = saved.get("password")
+    return Connection(url, user, password)
+
+
+# --- the client ------------------------------------------------------------------------
+
+
+def path(*parts: str) -> str:
+    """An API path from its parts, each quoted: path("vms", name, "start")."""
+    return "/" + "/".join(quote(p, safe="") for p in parts)
+
+
+class EngineClient:
+    """JSON in, JSON out; every engine error an EngineApiError, every failure to reach it
+    an EngineUnreachable."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        user: str = DEFAULT_USER,
+        password: str | None = None,
+        *,
+        timeout: float = TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.url = normalize_url(url)
+        self.user = user
+        self.password = password
+        self._http = httpx.Client(timeout=timeout, transport=transport, auth=self._auth())
+
+    @classmethod
+    def resolved(
+        cls, url: str | None = None, user: str | None = None, password: str | None = None, **kw: Any
+    ) -> EngineClient:
+        """A client for the engine that flags, environment and settings file point to."""
+        conn = resolve(url, user, password)
+        return cls(conn.url, conn.user, conn.password, **kw)
+
+    def _auth(self) -> httpx.Auth | None:
+        """How the client proves who it is: the single place to change (HTTP Basic today)."""
+        if self.password is None:
+            return None
+        return httpx.BasicAuth(self.user, self.password)
+
+    def request(self, method: str, api_path: str, body: Any = None) -> Any:
+        """The engine's JSON answer (None for 204 No Content)."""
+        try:
+            r = self._http.request(method, self.url + API_PREFIX + api_path, json=body)
+        except httpx.InvalidURL as err:
+            raise EngineUnreachable(self.url, f"not a valid URL ({err})") from None
+        except httpx.TimeoutException:
+            raise EngineUnreachable(self.url, "no answer in time") from None
+        except httpx.TransportError as err:
+            raise EngineUnreachable(self.url, _describe(err)) from None
+        if r.status_code >= 400:
+            raise self._error(r)
+        if r.status_code == 204 or not r.content:
+            return None
+        try:
+            return r.json()
+        except ValueError:
+            raise EngineApiError(
+                r.status_code, None, f"the answer is not JSON: is {self.url} a multiconsole engine?"
+            ) from None
+
+    def _error(self, r: httpx.Response) -> EngineApiError:
+        try:
+            err = r.json()["error"]
+            return EngineApiError(
+                int(err.get("status") or r.status_code),
+                err.get("field"),
+                str(err["reason"]),
+                err.get("message"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return EngineApiError(
+                r.status_code,
+                None,
+                f"HTTP {r.status_code} {r.reason_phrase}: is {self.url} a multiconsole engine?",
+            )
+
+    def get(self, api_path: str) -> Any:
+        return self.request("GET", api_path)
+
+    def post(self, api_path: str, body: Any = None) -> Any:
+        return self.request("POST", api_path, body)
+
+    def patch(self, api_path: str, body: Any) -> Any:
+        return self.request("PATCH", api_path, body)
+
+    def delete(self, api_path: str) -> Any:
+        return self.request("DELETE", api_path)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    # "[Errno 111] Connection refused" -> "connection refused"
+    if text.startswith("[Errno") and "]" in text:
+        text = text.split("]", 1)[1].strip()
+        text = text[:1].lower() + text[1:]
+    return text.splitlines()[0][:200]

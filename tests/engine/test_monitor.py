@@ -1,0 +1,114 @@
+"""The monitor: VM states and console addresses from host stats, hosts that stop answering."""
+
+from __future__ import annotations
+
+import time
+
+import libvirt
+
+from multiconsole.agent.server import make_app as agent_app
+from tests.engine.conftest import FakeHost, ok
+from tests.engine.test_api import VM, setup_cluster
+from tests.support.legacy_agent import LegacyVmManager
+from tests.support.servers import ThreadServer
+
+
+def monitor(api):
+    return api.app.state.monitor
+
+
+def test_stats_move_vm_states_along(api, fake_host):
+    setup_cluster(api, fake_host)
+    for name in ("a", "b"):
+        ok(api.post("/api/v1/vms", json={**VM, "name": name}), 201)
+        ok(api.post(f"/api/v1/vms/{name}/start"))
+    conn = fake_host.manager.conn.get()
+    a = conn.lookupByName("a")
+    b = conn.lookupByName("b")
+    a.suspend()
+    b.destroy()  # powered off behind the engine's back: the host reports it Down
+    monitor(api).cycle()
+    assert ok(api.get("/api/v1/vms/a"))["status"] == "Paused"
+    vm_b = ok(api.get("/api/v1/vms/b"))
+    assert vm_b["status"] == "Down" and vm_b["host"] is None and vm_b["status_reason"] == "powered off"
+    # ... and the engine let the host forget it.
+    try:
+        conn.lookupByName("b")
+        raise AssertionError("domain b still defined")
+    except libvirt.libvirtError:
+        pass
+    a.resume()
+    fake_host.manager.destroy(a.UUIDString())  # gone from the host entirely
+    monitor(api).cycle()
+    assert ok(api.get("/api/v1/vms/a"))["status"] == "Down"
+
+
+def test_an_unanswering_host_turns_nonresponsive_and_back(api, tmp_path):
+    host = FakeHost(tmp_path)
+    try:
+        setup_cluster(api, host)
+        ok(api.post("/api/v1/vms", json=VM), 201)
+        ok(api.post("/api/v1/vms/web1/start"))
+        host.server.stop()
+        for i in range(3):
+            monitor(api).cycle()
+            status = ok(api.get("/api/v1/hosts/h-prod"))["status"]
+            assert status == ("NonResponsive" if i == 2 else "Up"), (i, status)
+        assert ok(api.get("/api/v1/vms/web1"))["status"] == "Unknown"
+        # The agent comes back on the same port, the VM still running there.
+        host.server = ThreadServer(agent_app(host.manager), port=host.port).start()
+        monitor(api).cycle()
+        assert ok(api.get("/api/v1/hosts/h-prod"))["status"] == "Up"
+        assert ok(api.get("/api/v1/vms/web1"))["status"] == "Up"
+    finally:
+        host.stop()
+
+
+def test_events_from_the_host_trigger_a_poll(sqlite_url, tmp_path):
+    from tests.engine.conftest import engine_client
+
+    host = FakeHost(tmp_path)
+    try:
+        with engine_client(sqlite_url, monitor=True, monitor_interval=60) as api:
+            setup_cluster(api, host)
+            ok(api.post("/api/v1/vms", json=VM), 201)
+            ok(api.post("/api/v1/vms/web1/start"))
+            monitor(api).cycle()  # starts following the host's events
+            time.sleep(0.5)
+            host.manager.conn.get().lookupByName("web1").destroy()
+            deadline = time.monotonic() + 10
+            while ok(api.get("/api/v1/vms/web1"))["status"] != "Down":
+                assert time.monotonic() < deadline, "the lifecycle event did not reach the engine"
+                time.sleep(0.1)
+    finally:
+        host.stop()
+
+
+def test_a_legacy_host_in_a_33_cluster(api, tmp_path):
+    old = FakeHost(tmp_path, manager_cls=LegacyVmManager)
+    try:
+        # Not for a 3.4+ cluster: it cannot take graphics devices.
+        ok(api.post("/api/v1/clusters", json={"name": "new"}), 201)
+        reply = api.post(
+            "/api/v1/hosts", json={"name": "old", "address": "127.0.0.1", "port": old.port, "cluster": "new"}
+        )
+        assert reply.status_code == 422 and "legacy" in reply.json()["error"]["reason"]
+        ok(api.post("/api/v1/clusters", json={"name": "old33", "compat_level": "3.3"}), 201)
+        ok(
+            api.post(
+                "/api/v1/hosts",
+                json={"name": "old", "address": "127.0.0.1", "port": old.port, "cluster": "old33"},
+            ),
+            201,
+        )
+        reply = api.post("/api/v1/vms", json={**VM, "cluster": "old33"})
+        assert reply.status_code == 422 and "below 3.4" in reply.json()["error"]["reason"]
+        ok(api.post("/api/v1/vms", json={**VM, "cluster": "old33", "consoles": ["spice"]}), 201)
+        vm = ok(api.post("/api/v1/vms/web1/start"))
+        assert vm["status"] == "Up"
+        dom = old.manager.conn.get().lookupByName("web1")
+        assert '"display": "qxl"' in dom.XMLDesc(0)
+        monitor(api).cycle()
+        assert ok(api.get("/api/v1/vms/web1"))["status"] == "Up"
+    finally:
+        old.stop()
