@@ -13,7 +13,7 @@ test: setup
 	@.venv/bin/pytest -q -p no:cacheprovider
 
 unit: setup
-	@.venv/bin/pytest -q tests/unit
+	@.venv/bin/pytest -q tests/unit tests/engine
 
 integration: setup
 	@.venv/bin/pytest -q tests/integration
@@ -24,3 +24,4 @@ lint: setup
 
 bench: setup
 	@$(PY) bench/agent.py
+	@$(PY) bench/monitor.py

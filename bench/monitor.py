@@ -504,17 +504,18 @@ class TimedMonitor(Monitor):
     def _client(self, host: Host) -> AgentClient:
         return _TimedClient(super()._client(host), self._record)  # type: ignore[return-value]
 
-    def poll(self, host_id: str) -> None:
+    # Signatures passed through as they are: the monitor's internals may change.
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            super().poll(host_id)
+            return super().poll(*args, **kwargs)
         finally:
             self._record("poll", time.perf_counter() - t0)
 
-    def _apply(self, session, host: Host, stats: list[dict], client: AgentClient) -> None:
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            super()._apply(session, host, stats, client)
+            return super()._apply(*args, **kwargs)
         finally:
             self._record("apply", time.perf_counter() - t0)
 
@@ -551,16 +552,26 @@ def one_cycle(monitor: TimedMonitor, agents: list[Agent], pg: PgBackends | None,
 
 @dataclass
 class Result:
+    """One scenario: its database and monitor while it runs, then its figures."""
+
     scenario: Scenario
-    rows_s: float  # putting the VM rows in the database
+    rows_s: float  # putting the hosts and VM rows in the database
     rows_how: str
-    adoption: Cycle
-    before: dict[str, int]
-    after_adoption: dict[str, int]
-    cycles: list[Cycle]
-    caps: Cycle  # a cycle that also refreshes capabilities (every CAPS_EVERY-th)
-    after: dict[str, int]
-    interval: float
+    engine: Engine
+    sessions: Any
+    hosts: list[Agent]
+    monitor: TimedMonitor
+    stmts: Statements
+    before: dict[str, int] = field(default_factory=dict)
+    adoption: Cycle | None = None
+    after_adoption: dict[str, int] = field(default_factory=dict)
+    cycles: list[Cycle] = field(default_factory=list)
+    caps: Cycle | None = None  # a cycle that also refreshes capabilities (every CAPS_EVERY-th)
+    after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def interval(self) -> float:
+        return self.monitor.interval
 
     def med(self, attr: str) -> float:
         return median([getattr(c, attr) for c in self.cycles])
@@ -587,7 +598,7 @@ class Result:
         return " ".join(f"{v.lower()} {n}" for v, n in c.most_common())
 
 
-def run_scenario(
+def prepare(
     s: Scenario,
     agents: list[Agent],
     url: str,
@@ -597,10 +608,11 @@ def run_scenario(
     engine: Engine | None = None,
     rows_s: float = 0.0,
 ) -> Result:
-    """Measure one scenario. Without `sessions`: a fresh database with the hosts, and copies
-    of the rows of `specs` for them; with: the database the rows were created in."""
+    """A scenario up to its measured cycles: its database (without `sessions`: a fresh one
+    with the hosts and copies of the rows of `specs` for them), the adoption cycle and one
+    warm-up cycle."""
     hosts = agents[: s.hosts]
-    rows_how = "service.create_vm"
+    rows_how = "create_vm"
     if sessions is None:
         engine = db.make_engine(url)
         db.migrate(engine)
@@ -608,32 +620,47 @@ def run_scenario(
         t0 = time.perf_counter()
         cluster_id = setup_hosts(sessions, hosts)
         copy_vm_rows(sessions, cluster_id, [v for v in specs if v.host < s.hosts])
-        rows_how = "copied rows"
+        rows_how = "copied"
         rows_s = time.perf_counter() - t0
     stmts = Statements()
     stmts.attach(engine)
-    monitor = TimedMonitor(sessions, follow_events=False)
-    try:
-        before = db_state(sessions, hosts)
-        progress.print(f"  {s.label}: adoption cycle, warm-up, {CYCLES} measured cycles")
-        adoption = one_cycle(monitor, hosts, pg, stmts)
-        after_adoption = db_state(sessions, hosts)
-        one_cycle(monitor, hosts, pg, stmts)  # warm-up
-        gc.collect()
-        cycles = []
-        for _ in range(CYCLES):
-            if (monitor.cycles + 1) % CAPS_EVERY == 0:
-                monitor.cycles += 1  # keep the refresh of capabilities out of the series
-            cycles.append(one_cycle(monitor, hosts, pg, stmts))
-        monitor.cycles = CAPS_EVERY - 1 + CAPS_EVERY * (monitor.cycles // CAPS_EVERY)
-        caps = one_cycle(monitor, hosts, pg, stmts)
-        after = db_state(sessions, hosts)
-    finally:
-        monitor.stop()
-        engine.dispose()
-    return Result(
-        s, rows_s, rows_how, adoption, before, after_adoption, cycles, caps, after, monitor.interval
+    r = Result(
+        s, rows_s, rows_how, engine, sessions, hosts, TimedMonitor(sessions, follow_events=False), stmts
     )
+    r.before = db_state(sessions, hosts)
+    progress.print(f"  {s.label}: adoption cycle and a warm-up")
+    r.adoption = one_cycle(r.monitor, hosts, pg, stmts)
+    r.after_adoption = db_state(sessions, hosts)
+    one_cycle(r.monitor, hosts, pg, stmts)
+    return r
+
+
+def measure(results: list[Result], pg: PgBackends | None) -> None:
+    """CYCLES rounds; in each, one cycle of every scenario, in a rotating order, so that
+    whatever else loads the machine meanwhile weighs on all of them alike."""
+    gc.collect()
+    for i in range(CYCLES):
+        progress.print(f"  round {i + 1}/{CYCLES}: one cycle of each scenario")
+        k = i % len(results)
+        for r in results[k:] + results[:k]:
+            if (r.monitor.cycles + 1) % CAPS_EVERY == 0:
+                r.monitor.cycles += 1  # keep the refresh of capabilities out of the series
+            r.cycles.append(one_cycle(r.monitor, r.hosts, pg, r.stmts))
+
+
+def finish(r: Result, pg: PgBackends | None) -> None:
+    """One cycle with the capabilities refresh, the final state; the database let go."""
+    try:
+        r.monitor.cycles = CAPS_EVERY - 1 + CAPS_EVERY * (r.monitor.cycles // CAPS_EVERY)
+        r.caps = one_cycle(r.monitor, r.hosts, pg, r.stmts)
+        r.after = db_state(r.sessions, r.hosts)
+    finally:
+        release(r)
+
+
+def release(r: Result) -> None:
+    r.monitor.stop()
+    r.engine.dispose()
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -652,7 +679,7 @@ def setup_table(results: list[Result], info: dict) -> Table:
     )
     cols = (
         "scenario",
-        "VM rows",
+        "VM rows by",
         "rows s",
         "adoption cycle ms",
         "engine CPU ms",
@@ -662,7 +689,7 @@ def setup_table(results: list[Result], info: dict) -> Table:
         "failed polls",
     )
     for col in cols:
-        t.add_column(col, justify="left" if col == "scenario" else "right")
+        t.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=col == "scenario")
     for r in results:
         a = r.adoption
         n = r.scenario.hosts * r.scenario.vms
@@ -689,7 +716,8 @@ def time_table(results: list[Result], base: Result | None, pg_base: Result | Non
     t = Table(
         title=f"2. Wall time of one full monitor.cycle(), beside the {interval:.0f} s polling interval",
         caption=(
-            f"median of {CYCLES} cycles after the adoption cycle and one warm-up; Monitor defaults "
+            f"median of {CYCLES} cycles after the adoption cycle and one warm-up, the scenarios' cycles "
+            f"interleaved (rounds in rotating order); Monitor defaults "
             f"(8 workers, 5 s timeout), follow_events=False. Per poll (median over all polls of those "
             f"cycles): poll = Monitor.poll of one host, RPC = its Host.getAllVmStats round trip, "
             f"_apply = matching the stats to the VM rows. caps = one cycle that also calls "
@@ -709,7 +737,7 @@ def time_table(results: list[Result], base: Result | None, pg_base: Result | Non
         "caps ms",
     )
     for col in cols:
-        t.add_column(col, justify="left" if col == "scenario" else "right")
+        t.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=col == "scenario")
     t.add_row("polling interval", f"{interval * 1000:.0f}", "", "100%", "", "", "", "", "", "", style="dim")
     for r in results:
         walls = [c.wall for c in r.cycles]
@@ -751,27 +779,27 @@ def cpu_table(results: list[Result], base: Result | None, pg_base: Result | None
             "median of the same cycles. engine = this process (time.process_time, all threads); "
             "PG = the PostgreSQL backends connected to the bench database (/proc/<pid>/stat), SQLite "
             "runs inside the engine; agents = utime+stime of the polled agent processes, summed; "
-            "'/ interval' = CPU per cycle / interval (one core = 100%); others = CPU of everything else "
+            "'/ intvl' = CPU per cycle / interval (one core = 100%); others = CPU of everything else "
             f"on the machine during the cycles; busy = share of all {cores} CPUs busy during the cycles"
         ),
     )
     cols = (
         "scenario",
         "engine ms",
-        "/ interval",
+        "/ intvl",
         "PG ms",
-        "engine+PG / interval",
+        "engine+PG / intvl",
         "agents ms",
-        "/ interval",
+        "/ intvl",
         "ms/agent",
-        f"agents, {CYCLES} cycles s",
+        f"agents {CYCLES} cycles s",
         "others ms",
         "busy",
     )
     for col in cols:
-        t.add_column(col, justify="left" if col == "scenario" else "right")
+        t.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=col == "scenario")
     t.add_row(
-        "one core, one interval",
+        f"1 core x {interval:.0f} s",
         f"{interval * 1000:.0f}",
         "100%",
         "",
@@ -887,19 +915,24 @@ def main() -> int:
             info["vms"] = len(specs)
 
             for s in scenarios:
-                progress.print(f"{s.label}")
                 if s == master:
-                    r = run_scenario(s, agents, m_url, pg, specs, m_sessions, m_engine, rows_s=m_rows_s)
+                    r = prepare(s, agents, m_url, pg, specs, m_sessions, m_engine, rows_s=m_rows_s)
                 else:
-                    r = run_scenario(s, agents, scenario_url(s, tmp), pg, specs)
+                    r = prepare(s, agents, scenario_url(s, tmp), pg, specs)
                 results.append(r)
+            progress.print(f"measuring: {CYCLES} rounds")
+            measure(results, pg)
+            for r in results:
+                finish(r, pg)
         finally:
+            for r in results:
+                with contextlib.suppress(Exception):
+                    release(r)
             if pg is not None:
                 pg.close()
             stop_agents()
             drop_database()
 
-    by_key = {r.scenario.key: r for r in results}
     base = next((r for r in results if r.scenario.db == "sqlite"), None)
     pg_base = (
         next(
@@ -918,7 +951,7 @@ def main() -> int:
 
     total = time.perf_counter() - t_start
     out.rule("summary (paste into a note)")
-    for line in summary_lines(args.quick, env, results, info, base, pg_base, by_key, total, problems):
+    for line in summary_lines(args.quick, env, results, info, base, pg_base, total, problems):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
     return 1 if problems else 0
 
@@ -952,7 +985,6 @@ def summary_lines(
     info: dict,
     base: Result | None,
     pg_base: Result | None,
-    by_key: dict[str, Result],
     total: float,
     problems: list[str],
 ) -> list[str]:
@@ -973,7 +1005,8 @@ def summary_lines(
             f"_apply {ms(apply)} ms); engine CPU {ms(engine)} ms/cycle "
             f"({pct(engine / interval)} of a core){db_text}; agents {ms(agents)} ms/cycle in all "
             f"({pct(agents / interval)} of a core); {r.per_cycle_statements():.0f} SQL "
-            f"statements/cycle; adoption cycle {ms(r.adoption.wall)} ms."
+            f"statements/cycle; adoption cycle {ms(r.adoption.wall)} ms; machine "
+            f"{pct(r.med('machine_busy'))} busy, other processes {ms(r.others_cpu())} ms/cycle."
         )
     if base is not None and pg_base is not None:
         pg_db = pg_base.db_cpu()
@@ -984,12 +1017,14 @@ def summary_lines(
             f"engine with SQLite {ratio(pg_base.med('engine_cpu') + pg_db, base.med('engine_cpu'))}."
         )
     big = max(results, key=lambda r: (r.scenario.db == "pg", r.scenario.hosts))
-    per_host = big.med("wall") / big.scenario.hosts
+    wall_per_host = big.med("wall") / big.scenario.hosts
+    cpu_per_host = (big.med("engine_cpu") + big.db_cpu()) / big.scenario.hosts
     lines.append(
         f"- Set-up: {info['agents']} agents in parallel in {info['start_s']:.1f} s; {info['vms']} VM.create "
         f"in batches of {BATCH}: {info['create_s']:.1f} s. Linear extrapolation from {big.scenario.label}: "
-        f"~{interval / per_host:.0f} hosts of {big.scenario.vms} VMs per {interval:.0f} s cycle "
-        "on this machine."
+        f"the cycle fills the {interval:.0f} s interval at ~{interval / wall_per_host:.0f} hosts of "
+        f"{big.scenario.vms} VMs (agents on the same CPUs), the engine's CPU (+ database) one core at "
+        f"~{interval / cpu_per_host:.0f} hosts."
     )
     if problems:
         lines.append(f"- CHECKS FAILED: {'; '.join(problems)}")

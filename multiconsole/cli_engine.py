@@ -89,7 +89,7 @@ class Run:
             render()
 
     def say(self, text: str) -> None:
-        self.console.print(text, markup=False)
+        self.console.print(text, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._client is not None:
@@ -137,9 +137,9 @@ CONNECTION = [
 
 _DISPLAY = "Display"
 _HW = "Hardware"
-# Options of `vm create`, `vm edit` and `template create`; all default to "not given", so an
-# edit sends only what changes. name -> (API field, parameter).
-SETTINGS = [
+# Options of `vm create`, `vm edit` and `template create`. All default to "not given", so an
+# edit sends only what changes; API_FIELDS names the API field of those named otherwise.
+VM_OPTIONS = [
     _option("os", str | None, None, "--os", rich_help_panel=_HW, help="OS type, e.g. other, debian_12"),
     _option("memory", int | None, None, "--memory", metavar="MiB", rich_help_panel=_HW, help="memory"),
     _option("cpus", int | None, None, "--cpus", metavar="N", rich_help_panel=_HW, help="virtual CPUs"),
@@ -213,7 +213,7 @@ API_FIELDS = {
 
 
 def _fields(options: dict[str, Any]) -> dict[str, Any]:
-    """The API fields of the SETTINGS options that were given."""
+    """The API fields of the VM_OPTIONS that were given."""
     consoles, headless = options.pop("console"), options.pop("no_console")
     if consoles and headless:
         usage_error("--console and --no-console exclude each other")
@@ -229,22 +229,22 @@ def _fields(options: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def command(app: typer.Typer, name: str, *, settings: bool = False) -> Callable:
+def command(app: typer.Typer, name: str, *, vm_options: bool = False) -> Callable:
     """Register `func(run, ...)` as `name`, with the connection options and --json added.
 
-    With `settings=True` the SETTINGS options are added too and reach `func` as one
+    With `vm_options=True` the VM_OPTIONS are added too and reach `func` as one
     `fields` dict of API fields. Client errors end the command: 1 refused, 2 unreachable.
     """
 
     def decorate(func: Callable) -> Callable:
         own = list(inspect.signature(func, eval_str=True).parameters.values())[1:]
-        extra = [*(SETTINGS if settings else []), *CONNECTION]
+        extra = [*(VM_OPTIONS if vm_options else []), *CONNECTION]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             conn = [kwargs.pop(p.name) for p in CONNECTION]
-            if settings:
-                kwargs["fields"] = _fields({p.name: kwargs.pop(p.name) for p in SETTINGS})
+            if vm_options:
+                kwargs["fields"] = _fields({p.name: kwargs.pop(p.name) for p in VM_OPTIONS})
             run = Run(*conn)
             try:
                 func(run, *args, **kwargs)
@@ -283,8 +283,7 @@ def _fail(run: Run, err: ClientError) -> NoReturn:
 
 
 def _table(*columns: str, title: str | None = None) -> Table:
-    t = Table(*columns, box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
-    return t
+    return Table(*columns, box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
 
 
 def _details(run: Run, rows: list[tuple[str, Any]], title: str | None = None) -> None:
@@ -557,7 +556,7 @@ def _listening(run: Run, consoles: list[dict], title: str = "Consoles listening"
     run.console.print(t)
 
 
-@command(vm_app, "create", settings=True)
+@command(vm_app, "create", vm_options=True)
 def vm_create(
     run: Run,
     name: Annotated[str, typer.Argument(help="VM name")],
@@ -632,7 +631,7 @@ def vm_stop(run: Run, name: Annotated[str, typer.Argument(help="VM name or id")]
     run.show(vm, render)
 
 
-@command(vm_app, "edit", settings=True)
+@command(vm_app, "edit", vm_options=True)
 def vm_edit(
     run: Run,
     name: Annotated[str, typer.Argument(help="VM name or id")],
@@ -653,8 +652,7 @@ def vm_edit(
             _next_run_note(run, vm)
         else:
             run.say(f"VM {vm['name']} updated")
-            _details(run, [("memory (MiB)", vm["memory_mib"]), ("CPUs", vm["vcpus"])])
-            _details(run, _display_rows(vm["display"]))
+            _vm_details(run, vm)
 
     run.show(vm, render)
 
@@ -706,7 +704,7 @@ def _template_details(run: Run, t: dict) -> None:
     )
 
 
-@command(template_app, "create", settings=True)
+@command(template_app, "create", vm_options=True)
 def template_create(
     run: Run,
     name: Annotated[str, typer.Argument(help="template name")],

@@ -33,6 +33,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time the engine stores is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
 
@@ -101,6 +108,9 @@ class Vm(Base):
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=now)
     started_at: Mapped[datetime | None] = mapped_column()
+    # When a user's action (start, stop) last changed the status: the monitor leaves
+    # alone what changed while its poll was on the wire.
+    acted_at: Mapped[datetime | None] = mapped_column()
     cluster: Mapped[Cluster] = relationship()
     host: Mapped[Host | None] = relationship()
     consoles: Mapped[list[VmConsole]] = relationship(

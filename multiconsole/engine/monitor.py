@@ -20,7 +20,7 @@ from sqlalchemy.orm import selectinload, sessionmaker
 
 from multiconsole.engine import service
 from multiconsole.engine.broker import AgentCallError, AgentClient
-from multiconsole.engine.db import Host, Vm, now
+from multiconsole.engine.db import Host, Vm, now, utc
 
 log = logging.getLogger(__name__)
 POLLED = ("Up", "NonResponsive")
@@ -126,6 +126,7 @@ class Monitor:
             if host is None or host.status not in POLLED:
                 return
             client = self._client(host)
+            asked_at = now()
             try:
                 stats = client.call("Host.getAllVmStats")
                 if self.cycles % CAPS_EVERY == 0 or host.status != "Up":
@@ -137,7 +138,7 @@ class Monitor:
             if host.status != "Up":
                 log.warning("host responds again host=%s", host.name)
             host.status, host.failures, host.last_seen = "Up", 0, now()
-            self._apply(session, host, stats, client)
+            self._apply(session, host, stats, client, asked_at)
             session.commit()
 
     def _failed(self, session, host: Host, err: Exception) -> None:
@@ -150,7 +151,7 @@ class Monitor:
                 if vm.status in service.RUNNING:
                     vm.status = "Unknown"
 
-    def _apply(self, session, host: Host, stats: list[dict], client: AgentClient) -> None:
+    def _apply(self, session, host: Host, stats: list[dict], client: AgentClient, asked_at) -> None:
         by_id = {s.get("vmId"): s for s in stats if isinstance(s, dict)}
         vms = session.scalars(
             select(Vm)
@@ -158,6 +159,8 @@ class Monitor:
             .options(selectinload(Vm.consoles), selectinload(Vm.cluster))
         ).all()
         for vm in vms:
+            if vm.acted_at is not None and utc(vm.acted_at) >= asked_at:
+                continue  # started or stopped while these stats were on their way
             s = by_id.get(vm.id)
             if s is None:
                 if vm.host_id == host.id and vm.status in service.RUNNING:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from multiconsole.domain.devices import SPICE_CHANNELS, GraphicsType, VideoModel
 from multiconsole.domain.display import CLUSTER_LEVELS, DisconnectAction, DisplayConfig
-from multiconsole.engine.db import Cluster, Host, Template, Vm
+from multiconsole.engine.db import Cluster, Host, Template, Vm, utc
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Name = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
 OptionalName = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN)
 SpiceChannel = Literal[SPICE_CHANNELS]  # type: ignore[valid-type]
 Level = Literal[CLUSTER_LEVELS]  # type: ignore[valid-type]
+
+
+Time = Annotated[datetime, AfterValidator(utc)]
 
 
 class In(BaseModel):
@@ -71,7 +74,7 @@ class HostOut(BaseModel):
     cluster: str
     status: str
     console_address: str | None
-    last_seen: datetime | None
+    last_seen: Time | None
     capabilities: dict[str, Any]
 
     @classmethod
@@ -192,8 +195,8 @@ class VmOut(BaseModel):
     display: DisplayOut
     next_run: NextRun | None = Field(description="changes that apply at the next start")
     consoles: list[ConsoleOut] = Field(description="where the running VM's consoles listen")
-    created_at: datetime
-    started_at: datetime | None
+    created_at: Time
+    started_at: Time | None
 
     @classmethod
     def of(cls, vm: Vm, template_name: str | None = None) -> VmOut:
@@ -295,7 +298,7 @@ class TicketOut(BaseModel):
     vm: str
     protocol: str
     password: str
-    expires: datetime
+    expires: Time
     ttl: int
     address: str
     port: int | None

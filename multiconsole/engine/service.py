@@ -467,7 +467,7 @@ def start_vm(session: Session, agents: Agents, key: str) -> Vm:
         raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
     vm.host_id = host.id
     vm.host = host
-    vm.started_at = now()
+    vm.started_at = vm.acted_at = now()
     vm.status_reason = ""
     apply_vm_stats(vm, host, reply["vmList"])
     log.info("vm started vm=%s host=%s", vm.name, host.name)
@@ -490,14 +490,17 @@ def stop_vm(session: Session, agents: Agents, key: str) -> Vm:
         except httpx.HTTPError as err:
             raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
     mark_down(vm)
+    vm.acted_at = now()
     return vm
 
 
 def mark_down(vm: Vm, reason: str = "") -> None:
+    """The VM stopped: what was waiting for its next start becomes its configuration."""
     vm.status = "Down"
     vm.status_reason = reason
     vm.host_id = None
     vm.consoles.clear()
+    _apply_next_run(vm)
 
 
 def apply_vm_stats(vm: Vm, host: Host, stats: dict) -> None:

@@ -49,7 +49,12 @@ def test_vm_lifecycle_with_two_consoles(api, fake_host):
     assert [c["protocol"] for c in consoles["configured"]] == ["spice", "vnc"]
     assert [c["protocol"] for c in consoles["next_run"]] == ["vnc"]
 
-    ok(api.post("/api/v1/vms/web1/stop"))
+    # Once stopped, the pending change is the VM's configuration, and edits build on it.
+    vm = ok(api.post("/api/v1/vms/web1/stop"))
+    assert vm["display"]["consoles"] == ["vnc"] and vm["memory_mib"] == 96 and vm["next_run"] is None
+    vm = ok(api.patch("/api/v1/vms/web1", json={"name": "web1b"}))
+    assert vm["display"]["consoles"] == ["vnc"] and vm["memory_mib"] == 96
+    vm = ok(api.patch("/api/v1/vms/web1b", json={"name": "web1"}))
     vm = ok(api.post("/api/v1/vms/web1/start"))
     assert vm["display"]["consoles"] == ["vnc"] and vm["memory_mib"] == 96 and vm["next_run"] is None
     dom = fake_host.manager.conn.get().lookupByUUIDString(vm["id"])

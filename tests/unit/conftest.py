@@ -28,9 +28,7 @@ class Rpc:
         """POST a body (bytes/str sent as is, anything else as JSON); the HTTP response."""
         if not isinstance(body, bytes | str):
             body = json.dumps(body)
-        return self.client.post(
-            "/jsonrpc", content=body, headers={"content-type": "application/json"}
-        )
+        return self.client.post("/jsonrpc", content=body, headers={"content-type": "application/json"})
 
     def call(self, method: str, params: Any = None) -> dict:
         self._ids += 1

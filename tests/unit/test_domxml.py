@@ -84,9 +84,7 @@ def test_every_console_starts_locked(devices):
         assert el.get("passwdValidTo") == "1970-01-01T00:00:01"
 
 
-@pytest.mark.parametrize(
-    "devices", [(QXL, SPICE, VNC), (QXL, VNC, SPICE)], ids=["spice-first", "vnc-first"]
-)
+@pytest.mark.parametrize("devices", [(QXL, SPICE, VNC), (QXL, VNC, SPICE)], ids=["spice-first", "vnc-first"])
 def test_vnc_is_written_before_spice(devices):
     assert [g.get("type") for g in graphics(build(params(*devices)))] == ["vnc", "spice"]
 
@@ -119,17 +117,13 @@ def test_listen_on_host_address_by_default():
 def test_display_network_listens_on_the_network():
     (spice,) = graphics(build(params(QXL, {**SPICE, "specParams": {"displayNetwork": "mgmt"}})))
     assert spice.get("listen") is None
-    assert [(c.tag, dict(c.attrib)) for c in spice] == [
-        ("listen", {"type": "network", "network": "mgmt"})
-    ]
+    assert [(c.tag, dict(c.attrib)) for c in spice] == [("listen", {"type": "network", "network": "mgmt"})]
 
 
 def test_spicevmc_channel_only_with_spice():
     def channels(devices):
         root = build(params(*devices))
-        return [
-            (dict(c.attrib), [dict(t.attrib) for t in c]) for c in root.findall("devices/channel")
-        ]
+        return [(dict(c.attrib), [dict(t.attrib) for t in c]) for c in root.findall("devices/channel")]
 
     agent = ({"type": "spicevmc"}, [{"type": "virtio", "name": "com.redhat.spice.0"}])
     assert channels((QXL, SPICE)) == [agent]
@@ -183,9 +177,7 @@ def test_clipboard_and_file_transfer_elements_when_disabled():
 
 
 def test_only_file_transfer_disabled():
-    (spice,) = graphics(
-        build(params(QXL, {**SPICE, "specParams": {"fileTransferEnable": "false"}}))
-    )
+    (spice,) = graphics(build(params(QXL, {**SPICE, "specParams": {"fileTransferEnable": "false"}})))
     assert spice.find("clipboard") is None
     assert dict(spice.find("filetransfer").attrib) == {"enable": "no"}
 
@@ -244,9 +236,7 @@ def test_pci_address_hex_formatting():
 
 
 def test_first_of_several_video_cards_is_primary():
-    models = build({"vmId": VM_ID, "display": "qxl", "spiceMonitors": 4}).findall(
-        "devices/video/model"
-    )
+    models = build({"vmId": VM_ID, "display": "qxl", "spiceMonitors": 4}).findall("devices/video/model")
     assert [dict(m.attrib) for m in models] == [
         {"type": "qxl", "vram": "32768", "heads": "1", "primary": "yes"},
         {"type": "qxl", "vram": "32768", "heads": "1"},
@@ -284,9 +274,7 @@ def test_feature_page_current_example():
         "slot": "0x02",
         "type": "pci",
     }
-    assert [dict(i.attrib) for i in root.findall("devices/input")] == [
-        {"type": "tablet", "bus": "usb"}
-    ]
+    assert [dict(i.attrib) for i in root.findall("devices/input")] == [{"type": "tablet", "bus": "usb"}]
     assert root.findall("devices/channel") == []
 
 
@@ -409,9 +397,7 @@ VALID_TO = "2030-01-02T03:04:05"
 
 
 def test_ticket_update_edits_only_spice_and_keeps_its_children():
-    out = etree.fromstring(
-        domxml.ticket_update(LIVE, GraphicsType.SPICE, "s3cr3t", VALID_TO, "disconnect")
-    )
+    out = etree.fromstring(domxml.ticket_update(LIVE, GraphicsType.SPICE, "s3cr3t", VALID_TO, "disconnect"))
     assert out.tag == "graphics"
     assert dict(out.attrib) == {
         "type": "spice",
@@ -443,9 +429,7 @@ def test_ticket_update_of_vnc():
         "passwd": "abcd1234",
         "passwdValidTo": VALID_TO,
     }
-    assert [(c.tag, dict(c.attrib)) for c in out] == [
-        ("listen", {"type": "address", "address": "10.0.0.5"})
-    ]
+    assert [(c.tag, dict(c.attrib)) for c in out] == [("listen", {"type": "address", "address": "10.0.0.5"})]
 
 
 def test_ticket_update_without_connected_drops_an_old_one():
@@ -455,9 +439,7 @@ def test_ticket_update_without_connected_drops_an_old_one():
 
 
 def test_ticket_update_escapes_the_password():
-    out = etree.fromstring(
-        domxml.ticket_update(LIVE, GraphicsType.SPICE, "<'&\">", VALID_TO, "keep")
-    )
+    out = etree.fromstring(domxml.ticket_update(LIVE, GraphicsType.SPICE, "<'&\">", VALID_TO, "keep"))
     assert out.get("passwd") == "<'&\">"
 
 

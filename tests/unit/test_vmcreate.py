@@ -342,9 +342,7 @@ def test_spice_alias_and_null_spec_params():
 
 
 def test_video_numbers_as_ints_and_empty_strings():
-    parsed = parse(
-        new_form({"type": "video", "device": "vga", "specParams": {"vram": 16384, "heads": ""}})
-    )
+    parsed = parse(new_form({"type": "video", "device": "vga", "specParams": {"vram": 16384, "heads": ""}}))
     assert parsed.video == (Video(model=VideoModel.VGA, vram=16384),)
 
 
@@ -580,9 +578,7 @@ def test_vm_id_differing_from_vm_id_of_the_call():
     assert "differs" in err.reason
 
 
-@pytest.mark.parametrize(
-    "device_id", ["a b", "x" * 65, "<id>", "id\n", "", "ünï", 5, ["blah"], {"id": 1}]
-)
+@pytest.mark.parametrize("device_id", ["a b", "x" * 65, "<id>", "id\n", "", "ünï", 5, ["blah"], {"id": 1}])
 def test_bad_device_id(device_id):
     err = fails(new_form(QXL, {**VNC, "deviceId": device_id}))
     assert err.field == "devices[1].deviceId"

@@ -81,6 +81,7 @@ def upgrade() -> None:
         sa.Column("host_id", sa.String(length=36), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("acted_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], ondelete="RESTRICT"),
         sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["template_id"], ["templates.id"], ondelete="SET NULL"),

@@ -1,0 +1,63 @@
+"""`multiconsole demo` (what `make demo` runs), as a new user would: it ends with a running
+VM whose SPICE and VNC consoles accept the printed one-time passwords."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from tests.integration.clients import capture_screen, colours, spice_capture, vnc_capture
+from tests.integration.conftest import free_port
+
+
+def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
+    env = {**os.environ, "MULTICONSOLE_DATA": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path),
+           "COLUMNS": "200"}
+    env.pop("MULTICONSOLE_ADMIN_PASSWORD", None)
+    agent_port, engine_port = free_port(), free_port()
+    out = (tmp_path / "demo.out").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "multiconsole.cli", "demo", "--agent-port", str(agent_port),
+         "--engine-port", str(engine_port)],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops the demo" not in (tmp_path / "demo.out").read_text():
+            assert proc.poll() is None, (tmp_path / "demo.out").read_text()
+            assert time.monotonic() < deadline, "the demo did not come up"
+            time.sleep(0.5)
+        text = (tmp_path / "demo.out").read_text()
+        assert f"http://127.0.0.1:{engine_port}" in text
+
+        # VNC: the command the demo prints.
+        m = re.search(r"vncdotool -s ([\d.]+)::(\d+) -p (\S+) capture", text)
+        assert m, text
+        assert capture_screen(vnc_capture, int(m[2]), m[3], tmp_path / "vnc.png") == 0
+        # SPICE: the remote-viewer file the demo wrote.
+        vv = configparser.ConfigParser(interpolation=None)
+        vv.read(tmp_path / "data" / "demo" / "demo-spice.vv")
+        spice = vv["virt-viewer"]
+        assert spice["type"] == "spice"
+        assert capture_screen(spice_capture, int(spice["port"]), spice["password"], tmp_path / "s.png") == 0
+        assert colours(tmp_path / "vnc.png") > 1 and colours(tmp_path / "s.png") > 1
+
+        # The CLI needs no flags afterwards: the demo wrote its settings.
+        cli = subprocess.run(
+            [sys.executable, "-m", "multiconsole.cli", "vm", "consoles", "demo", "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert '"spice"' in cli.stdout and '"vnc"' in cli.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "demo" not in [d.name() for d in system_conn.listAllDomains() if d.isActive()]
