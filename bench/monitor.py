@@ -109,7 +109,7 @@ def median(xs: list[float]) -> float:
 
 
 def ms(seconds: float) -> str:
-    value = seconds * 1000
+    value = round(seconds * 1000, 6)
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
@@ -777,7 +777,8 @@ def cpu_table(results: list[Result], base: Result | None, pg_base: Result | None
         title=f"3. CPU per cycle (engine, database, agents), beside the {interval:.0f} s interval",
         caption=(
             "median of the same cycles. engine = this process (time.process_time, all threads); "
-            "PG = the PostgreSQL backends connected to the bench database (/proc/<pid>/stat), SQLite "
+            "PG = the PostgreSQL backends connected to the bench database (/proc/<pid>/stat, 10 ms "
+            "ticks, like the agents'), SQLite "
             "runs inside the engine; agents = utime+stime of the polled agent processes, summed; "
             "'/ intvl' = CPU per cycle / interval (one core = 100%); others = CPU of everything else "
             f"on the machine during the cycles; busy = share of all {cores} CPUs busy during the cycles"

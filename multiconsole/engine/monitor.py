@@ -176,8 +176,9 @@ class Monitor:
                 continue
             if vm.host_id not in (None, host.id):
                 continue  # another host claims it; leave it to that host's poll
-            vm.host_id = host.id
-            vm.host = host
+            if vm.host_id != host.id:
+                vm.host_id = host.id
+                vm.host = host
             service.apply_vm_stats(vm, host, s)
 
     # --- event streams -------------------------------------------------------------------

@@ -505,7 +505,9 @@ def mark_down(vm: Vm, reason: str = "") -> None:
 
 def apply_vm_stats(vm: Vm, host: Host, stats: dict) -> None:
     """A VM's status and console addresses from the stats of the host that runs it."""
-    vm.status = AGENT_STATUS.get(stats.get("status", ""), "Unknown")
+    status = AGENT_STATUS.get(stats.get("status", ""), "Unknown")
+    if vm.status != status:  # assign only changes: a poll of 100 quiet VMs flushes nothing
+        vm.status = status
     legacy = not multi_console(vm.cluster.compat_level)
     found = {c.protocol.value: c for c in consoles_from_stats(stats, console_address(host), legacy)}
     for existing in list(vm.consoles):
