@@ -214,9 +214,7 @@ class Agent:
 
     def batch(self, calls: list[tuple[str, dict]]) -> list[Any]:
         """One JSON-RPC batch request; results in call order, the first error raised."""
-        reqs = [
-            {"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": p} for m, p in calls
-        ]
+        reqs = [{"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": p} for m, p in calls]
         reply = self.http.post(f"{self.url}/jsonrpc", json=reqs)
         reply.raise_for_status()
         by_id = {r.get("id"): r for r in reply.json()}
@@ -389,9 +387,7 @@ def create_table(r: CreateResult) -> Table:
         t.add_column(col, justify="left" if col == "path" else "right")
 
     def row(label: str, xs: list[float], style: str | None = None) -> None:
-        t.add_row(
-            label, str(len(xs)), ms(median(xs)), ms(p90(xs)), ms(min(xs)), ms(max(xs)), style=style
-        )
+        t.add_row(label, str(len(xs)), ms(median(xs)), ms(p90(xs)), ms(min(xs)), ms(max(xs)), style=style)
 
     row("agent: VM.create over JSON-RPC", r.agent, "bold")
     row("raw: defineXML + create + XMLDesc", r.raw, "bold")
@@ -687,8 +683,7 @@ def summary_lines(
 ) -> list[str]:
     r = real["row"]
     lines = [
-        f"Agent bench {datetime.now():%Y-%m-%d} ({'quick' if quick else 'full'}, {total:.0f} s): "
-        f"{env}.",
+        f"Agent bench {datetime.now():%Y-%m-%d} ({'quick' if quick else 'full'}, {total:.0f} s): {env}.",
         f"- VM.create -> Up with SPICE+VNC ports (n={len(create.agent)}): agent "
         f"{ms(median(create.agent))} ms median / {ms(p90(create.agent))} ms p90 vs raw "
         f"defineXML+create {ms(median(create.raw))} / {ms(p90(create.raw))} ms "

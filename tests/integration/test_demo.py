@@ -16,15 +16,30 @@ from tests.integration.conftest import free_port
 
 
 def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
-    env = {**os.environ, "MULTICONSOLE_DATA": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path),
-           "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "MULTICONSOLE_DATA": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "COLUMNS": "200",
+    }
     env.pop("MULTICONSOLE_ADMIN_PASSWORD", None)
     agent_port, engine_port = free_port(), free_port()
     out = (tmp_path / "demo.out").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "multiconsole.cli", "demo", "--agent-port", str(agent_port),
-         "--engine-port", str(engine_port)],
-        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "multiconsole.cli",
+            "demo",
+            "--agent-port",
+            str(agent_port),
+            "--engine-port",
+            str(engine_port),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 120
@@ -50,7 +65,10 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         # The CLI needs no flags afterwards: the demo wrote its settings.
         cli = subprocess.run(
             [sys.executable, "-m", "multiconsole.cli", "vm", "consoles", "demo", "--json"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert cli.returncode == 0, cli.stderr
         assert '"spice"' in cli.stdout and '"vnc"' in cli.stdout

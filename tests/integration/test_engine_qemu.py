@@ -31,8 +31,13 @@ def engine(tmp_path):
 
 
 def add_host(api, agent_url_port, cluster, name):
-    return ok(api.post("/api/v1/hosts", json={"name": name, "address": "127.0.0.1",
-                                              "port": agent_url_port, "cluster": cluster}), 201)
+    return ok(
+        api.post(
+            "/api/v1/hosts",
+            json={"name": name, "address": "127.0.0.1", "port": agent_url_port, "cluster": cluster},
+        ),
+        201,
+    )
 
 
 def vm_name(prefix: str) -> str:
@@ -48,8 +53,19 @@ def test_a_new_cluster_sends_devices_and_gets_both_ports(engine, agent_proc, sys
     ok(api.post("/api/v1/clusters", json={"name": "new", "compat_level": "4.7"}), 201)
     add_host(api, agent_proc.port, "new", "local")
     name = vm_name("a")
-    ok(api.post("/api/v1/vms", json={"name": name, "cluster": "new", "memory_mib": 64, "video": "qxl",
-                                     "consoles": ["spice", "vnc"]}), 201)
+    ok(
+        api.post(
+            "/api/v1/vms",
+            json={
+                "name": name,
+                "cluster": "new",
+                "memory_mib": 64,
+                "video": "qxl",
+                "consoles": ["spice", "vnc"],
+            },
+        ),
+        201,
+    )
     vm = ok(api.post(f"/api/v1/vms/{name}/start"))
     assert vm["status"] == "Up"
     params = stored_params(system_conn, vm["id"])
@@ -85,8 +101,20 @@ def test_b_a_33_cluster_sends_the_legacy_form(engine, agent_proc, system_conn, t
     ok(api.post("/api/v1/clusters", json={"name": "c33", "compat_level": "3.3"}), 201)
     add_host(api, agent_proc.port, "c33", "local33")
     name = vm_name("b")
-    ok(api.post("/api/v1/vms", json={"name": name, "cluster": "c33", "memory_mib": 64, "video": "qxl",
-                                     "consoles": ["spice"], "keyboard_layout": "de"}), 201)
+    ok(
+        api.post(
+            "/api/v1/vms",
+            json={
+                "name": name,
+                "cluster": "c33",
+                "memory_mib": 64,
+                "video": "qxl",
+                "consoles": ["spice"],
+                "keyboard_layout": "de",
+            },
+        ),
+        201,
+    )
     vm = ok(api.post(f"/api/v1/vms/{name}/start"))
     params = stored_params(system_conn, vm["id"])
     assert params["display"] == "qxl" and params["keyboardLayout"] == "de"
@@ -104,7 +132,9 @@ def legacy_agent(log_dir):
     log = (log_dir / f"legacy-{port}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.legacy_agent", "--listen", f"127.0.0.1:{port}"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     helper = AgentProcess(log_dir, port=port)
     helper.proc = proc
@@ -125,21 +155,38 @@ def legacy_agent(log_dir):
 def test_c_an_old_host_from_a_33_cluster(engine, legacy_agent, tmp_path):
     api = engine
     ok(api.post("/api/v1/clusters", json={"name": "new2", "compat_level": "4.7"}), 201)
-    reply = api.post("/api/v1/hosts", json={"name": "old", "address": "127.0.0.1",
-                                            "port": legacy_agent.port, "cluster": "new2"})
+    reply = api.post(
+        "/api/v1/hosts",
+        json={"name": "old", "address": "127.0.0.1", "port": legacy_agent.port, "cluster": "new2"},
+    )
     assert reply.status_code == 422 and "not 4.7" in reply.json()["error"]["reason"]
     ok(api.post("/api/v1/clusters", json={"name": "old33", "compat_level": "3.3"}), 201)
     add_host(api, legacy_agent.port, "old33", "oldhost")
     name = vm_name("c")
-    reply = api.post("/api/v1/vms", json={"name": name, "cluster": "old33", "memory_mib": 64,
-                                          "video": "qxl", "consoles": ["spice", "vnc"]})
+    reply = api.post(
+        "/api/v1/vms",
+        json={
+            "name": name,
+            "cluster": "old33",
+            "memory_mib": 64,
+            "video": "qxl",
+            "consoles": ["spice", "vnc"],
+        },
+    )
     assert reply.status_code == 422
     assert reply.json()["error"] == {
-        "status": 422, "field": "graphics", "reason": "clusters below 3.4 allow one console (this one is 3.3)",
+        "status": 422,
+        "field": "graphics",
+        "reason": "clusters below 3.4 allow one console (this one is 3.3)",
         "message": "graphics: clusters below 3.4 allow one console (this one is 3.3)",
     }
-    ok(api.post("/api/v1/vms", json={"name": name, "cluster": "old33", "memory_mib": 64, "video": "vga",
-                                     "consoles": ["vnc"]}), 201)
+    ok(
+        api.post(
+            "/api/v1/vms",
+            json={"name": name, "cluster": "old33", "memory_mib": 64, "video": "vga", "consoles": ["vnc"]},
+        ),
+        201,
+    )
     vm = ok(api.post(f"/api/v1/vms/{name}/start"))
     [console] = vm["consoles"]  # from displayType/displayPort alone
     assert console["protocol"] == "vnc" and console["port"] > 0
