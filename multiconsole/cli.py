@@ -116,12 +116,64 @@ def demo(
 
 
 # The engine's REST API from the shell: multiconsole cluster | host | vm | template ...
+from multiconsole import cli_console  # noqa: E402
 from multiconsole.cli_engine import cluster_app, host_app, template_app, vm_app  # noqa: E402
 
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(host_app, name="host")
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
+cli_console.register(app)
+
+
+@app.command()
+def proxy(
+    listen: str = typer.Option("0.0.0.0:6100", help="HOST:PORT of the websocket proxy"),
+    key_file: Path = typer.Option(
+        None, help="ticket key shared with the engine; default <data dir>/proxy-ticket.key (made if missing)"
+    ),
+    allowed_origin: list[str] = typer.Option(
+        None,
+        "--allowed-origin",
+        help="a browser Origin allowed to connect (repeat); default the engine's http://127.0.0.1:8080 "
+        "and http://localhost:8080",
+    ),
+    allow_missing_origin: bool = typer.Option(False, help="accept clients without an Origin (non-browsers)"),
+    tls_cert: Path = typer.Option(None, help="PEM certificate (chain): serve wss:// instead of ws://"),
+    tls_key: Path = typer.Option(None, help="PEM private key of --tls-cert"),
+    idle_timeout: float = typer.Option(None, help="close sessions idle this many seconds"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every session"),
+) -> None:
+    """Run the browser-console proxy (websocket -> VNC) as its own process, for scale."""
+    import resource
+
+    from multiconsole.proxy.server import ProxyServer
+    from multiconsole.proxy.tickets import default_key_path, load_or_create_key
+
+    logs.setup(verbose)
+    host, port = _host_port(listen, 6100)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:  # two sockets per session
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    context = None
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    origins = allowed_origin or ["http://127.0.0.1:8080", "http://localhost:8080"]
+    try:
+        server = ProxyServer(
+            load_or_create_key(key_file or default_key_path()),
+            origins,
+            host,
+            port,
+            ssl=context,
+            allow_missing_origin=allow_missing_origin,
+            idle_timeout=idle_timeout,
+        )
+    except (OSError, ValueError) as err:
+        typer.echo(f"proxy: {err}", err=True)
+        raise typer.Exit(2) from None
+    server.run()
 
 
 def main() -> None:

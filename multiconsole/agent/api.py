@@ -37,9 +37,18 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+def _number_not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not a boolean")
+    return value
+
+
 VmId = Annotated[str, AfterValidator(_uuid)]
 Password = Annotated[SecretStr, AfterValidator(_printable)]
 Ttl = Annotated[int, BeforeValidator(_not_bool)]
+Whole = Annotated[int, BeforeValidator(_number_not_bool)]
+# Constraints before the validator: JSON Schema then shows them as minimum/maximum.
+ScreenWidth = Annotated[int, Field(ge=16, le=4096), BeforeValidator(_number_not_bool)]
 
 
 class Params(BaseModel):
@@ -58,6 +67,13 @@ class CreateParams(VmIdParams):
     vmParams: dict[str, Any] = Field(
         description="vmCreate parameters: graphics as devices (cluster level >= 3.4) "
         "or the legacy top-level 'display' field"
+    )
+
+
+class ScreenshotParams(VmIdParams):
+    screen: Whole = Field(0, ge=0, le=3, description="which screen: heads of the video devices, in order")
+    maxWidth: ScreenWidth | None = Field(
+        None, description="scale down to at most this many pixels wide (aspect kept)"
     )
 
 
@@ -154,6 +170,13 @@ class Capabilities(BaseModel):
     clusterLevels: list[str]
 
 
+class Screenshot(BaseModel):
+    png: str = Field(description="the screen as a PNG, base64-encoded")
+    width: int = Field(description="pixels, after any scaling down")
+    height: int = Field(description="pixels, after any scaling down")
+    mimeType: Literal["image/png"]
+
+
 @dataclass(frozen=True)
 class Method:
     params: type[Params]
@@ -201,6 +224,12 @@ METHODS: dict[str, Method] = {
             p.params.ttl,
             p.params.existingConnAction,
         ),
+    ),
+    "VM.screenshot": Method(
+        ScreenshotParams,
+        Screenshot,
+        "A PNG of one screen of a running VM, read from QEMU's framebuffer: consoles are not disturbed.",
+        lambda vm, p: vm.screenshot(p.vmID, p.screen, p.maxWidth),
     ),
 }
 

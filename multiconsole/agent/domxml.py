@@ -207,3 +207,15 @@ def ticket_update(
             el.tail = None
             return etree.tostring(el, encoding="unicode")
     raise LookupError(gtype)
+
+
+def screens(xml: str) -> int:
+    """How many screens a domain shows: the heads of its video devices (model 'none' has none)."""
+    root = etree.fromstring(xml.encode())
+    total = 0
+    for model in root.iterfind("devices/video/model"):
+        if model.get("type") in (None, VideoModel.NONE.value):
+            continue
+        heads = _int_attr(model, "heads")
+        total += heads if heads and heads > 0 else 1
+    return total

@@ -59,7 +59,7 @@ class EventHub:
             clients = self._clients[vm_id]
             if phase == "disconnect":
                 clients.pop(key, None)
-            else:
+            elif phase == "initialize":  # authenticated: a client, not just a TCP connection
                 clients.setdefault(key, time.time())
         self.publish(
             {
@@ -69,12 +69,13 @@ class EventHub:
                 "consoleType": console,
                 "clientIp": ip,
                 "clientPort": port,
+                "clients": self.console_clients(vm_id),
                 **extra,
             }
         )
 
     def console_clients(self, vm_id: str) -> list[dict]:
-        """Clients connected now, one entry per console type and client address.
+        """Authenticated clients now, one entry per console type and client address.
 
         SPICE opens one connection per channel; they collapse into one client here.
         """

@@ -7,6 +7,7 @@ Only console clients, learned from events, live in memory.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import platform
@@ -21,6 +22,8 @@ from lxml import etree
 from multiconsole.agent import domxml
 from multiconsole.agent.events import EventHub
 from multiconsole.agent.libvirtconn import Connection
+from multiconsole.agent.screenshot import MAX_BYTES as SCREENSHOT_MAX_BYTES
+from multiconsole.agent.screenshot import MAX_WIDTH_RANGE, NotAnImage, to_png
 from multiconsole.domain.devices import VNC_PASSWORD_MAX, GraphicsType, VideoModel
 from multiconsole.domain.display import CLUSTER_LEVELS
 from multiconsole.domain.errors import FieldError
@@ -58,6 +61,7 @@ TICKET_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 TTL_MAX = 7 * 24 * 3600
 CONN_ACTIONS = ("disconnect", "keep", "fail")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+SCREEN_MAX = 3
 
 
 class AgentError(Exception):
@@ -366,6 +370,12 @@ class VmManager:
         try:
             dom.updateDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as err:
+            if connected == "fail" and err.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR:
+                # QEMU refuses the password while a client is connected: that is the point.
+                raise AgentError(
+                    ErrorCode.CONSOLE_IN_USE,
+                    f"a client is connected to the {gtype.value} console (existingConnAction 'fail')",
+                ) from None
             raise _libvirt_error(f"setting the {gtype.value} ticket", err) from None
         log.info("ticket set vm_id=%s console=%s ttl=%d", vm_id, gtype.value, ttl)
         return {"vmList": {}}
@@ -416,3 +426,91 @@ class VmManager:
             "displayListen": self.host.listen_address,
             "clusterLevels": list(CLUSTER_LEVELS),
         }
+
+    def screenshot(self, vm_id: str, screen: int = 0, max_width: int | None = None) -> dict:
+        """The VM's screen `screen` as a PNG (base64), at most `max_width` pixels wide.
+
+        libvirt asks QEMU for a screendump (PPM), which reads the display's framebuffer:
+        connected console clients see nothing of it.
+        """
+        if isinstance(screen, bool) or not isinstance(screen, int) or not 0 <= screen <= SCREEN_MAX:
+            raise _field_error(FieldError("screen", f"must be 0..{SCREEN_MAX}"))
+        low, high = MAX_WIDTH_RANGE
+        if max_width is not None and (
+            isinstance(max_width, bool) or not isinstance(max_width, int) or not low <= max_width <= high
+        ):
+            raise _field_error(FieldError("maxWidth", f"must be {low}..{high} pixels"))
+        dom, xml = self._domain(vm_id)
+        if not dom.isActive():
+            raise AgentError(ErrorCode.VM_NOT_RUNNING, f"VM {vm_id} is not running")
+        screens = domxml.screens(xml)
+        if screens == 0:
+            raise AgentError(
+                ErrorCode.NO_SUCH_DEVICE, f"VM {vm_id} is headless: it has no video device to capture"
+            )
+        if screen >= screens:
+            raise AgentError(
+                ErrorCode.NO_SUCH_DEVICE,
+                f"VM {vm_id} has {screens} screen{'s' if screens > 1 else ''}: no screen {screen}",
+            )
+        data = self._screendump(dom, vm_id, screen)
+        try:
+            png = to_png(data, max_width)
+        except NotAnImage as err:
+            raise AgentError(ErrorCode.LIBVIRT_FAILURE, f"taking the screenshot: {err}") from None
+        log.debug("screenshot vm_id=%s screen=%d size=%dx%d", vm_id, screen, png.width, png.height)
+        return {
+            "png": base64.b64encode(png.data).decode("ascii"),
+            "width": png.width,
+            "height": png.height,
+            "mimeType": "image/png",
+        }
+
+    def _screendump(self, dom: libvirt.virDomain, vm_id: str, screen: int) -> bytes:
+        """The raw image libvirt streams for one screen (its format is the hypervisor's)."""
+        chunks: list[bytes] = []
+        size = 0
+
+        def sink(_stream, data: bytes, _opaque) -> int:
+            nonlocal size
+            size += len(data)
+            if size > SCREENSHOT_MAX_BYTES:
+                return -1  # recvAll aborts the stream
+            chunks.append(data)
+            return len(data)
+
+        stream = None
+        try:
+            stream = self.conn.get().newStream(0)
+            dom.screenshot(stream, screen, 0)
+            stream.recvAll(sink, None)
+            stream.finish()
+        except RuntimeError:
+            raise AgentError(
+                ErrorCode.LIBVIRT_FAILURE,
+                f"taking the screenshot: larger than {SCREENSHOT_MAX_BYTES} bytes",
+            ) from None
+        except libvirt.libvirtError as err:
+            if stream is not None:
+                try:
+                    stream.abort()
+                except libvirt.libvirtError:
+                    pass
+            code = err.get_error_code()
+            if code == libvirt.VIR_ERR_NO_DOMAIN:
+                raise AgentError(ErrorCode.NO_SUCH_VM, f"no VM with id {vm_id}") from None
+            if code == libvirt.VIR_ERR_OPERATION_INVALID and not self._active(dom):
+                raise AgentError(ErrorCode.VM_NOT_RUNNING, f"VM {vm_id} is not running") from None
+            if code == libvirt.VIR_ERR_INVALID_ARG:
+                raise AgentError(
+                    ErrorCode.NO_SUCH_DEVICE, f"VM {vm_id}: no screen {screen} ({err.get_error_message()})"
+                ) from None
+            raise _libvirt_error("taking the screenshot", err) from None
+        return b"".join(chunks)
+
+    @staticmethod
+    def _active(dom: libvirt.virDomain) -> bool:
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError:
+            return False

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from multiconsole.domain.display import OS_TYPES, DisplayConfig, violations
-from multiconsole.engine import auth, service
+from multiconsole.engine import auth, consoles, service
 from multiconsole.engine.db import Cluster, Host, Template, User, Vm
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.schemas import (
+    AuditOut,
     ClusterIn,
     ClusterOut,
     ClusterPatch,
     ConfiguredConsole,
-    ConsoleOut,
+    ConsoleState,
     HostIn,
     HostOut,
     OsTypeOut,
@@ -28,6 +30,8 @@ from multiconsole.engine.schemas import (
     TemplatePatch,
     TicketIn,
     TicketOut,
+    UserIn,
+    UserOut,
     Violation,
     VmConsoles,
     VmIn,
@@ -36,6 +40,7 @@ from multiconsole.engine.schemas import (
 )
 
 _basic = HTTPBasic(auto_error=False)
+MIME_VV = "application/x-virt-viewer"
 
 
 def db(request: Request) -> Iterator[Session]:
@@ -230,11 +235,24 @@ def vm_consoles(key: str, session: Session = Depends(db)):
         status=vm.status,
         configured=[ConfiguredConsole(protocol=g.value) for g in configured],
         current=[
-            ConsoleOut(protocol=c.protocol, address=c.address, port=c.port, tls_port=c.tls_port)
+            ConsoleState(
+                protocol=c.protocol,
+                address=c.address,
+                port=c.port,
+                tls_port=c.tls_port,
+                holder=c.holder,
+                client_address=c.client_address,
+                connected_at=c.connected_at,
+            )
             for c in vm.consoles
         ],
         next_run=nxt,
     )
+
+
+def _console_user(user: User) -> None:
+    if not auth.has_role(user, auth.CONSOLE_USER):
+        raise EngineError(None, f"{user.name} may not open consoles (needs the console_user role)", 403)
 
 
 @router.post("/vms/{key}/consoles/{protocol}/ticket", response_model=TicketOut)
@@ -247,10 +265,88 @@ def console_ticket(
     user: User = Depends(current_user),
 ):
     """A fresh one-time password for one console of a running VM."""
+    _console_user(user)
     body = body or TicketIn()
-    return service.issue_ticket(
-        session, request.app.state.agents, key, protocol, body.ttl, body.existing_connection, user.name
+    return consoles.issue_ticket(
+        session,
+        request.app.state.agents,
+        key,
+        protocol,
+        user,
+        body.ttl,
+        body.existing_connection,
+        body.take_over,
     )
+
+
+@router.get(
+    "/vms/{key}/consoles/{protocol}.vv",
+    response_class=Response,
+    responses={200: {"content": {MIME_VV: {}}, "description": "a remote-viewer connection file"}},
+)
+def console_vv(
+    key: str,
+    protocol: str,
+    request: Request,
+    ttl: int = Query(consoles.TICKET_TTL_DEFAULT, ge=1, le=consoles.TICKET_TTL_MAX),
+    take_over: bool = False,
+    session: Session = Depends(db),
+    user: User = Depends(current_user),
+):
+    """Issue a ticket and return it as a remote-viewer file (open it with remote-viewer)."""
+    _console_user(user)
+    ticket = consoles.issue_ticket(
+        session, request.app.state.agents, key, protocol, user, ttl, None, take_over
+    )
+    return Response(
+        consoles.viewer_file(ticket),
+        media_type=MIME_VV,
+        headers={
+            "Content-Disposition": f'attachment; filename="{ticket["vm"]}-{ticket["protocol"]}.vv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# --- audit and users -----------------------------------------------------------------
+
+
+@router.get("/audit", response_model=list[AuditOut])
+def audit_log(
+    vm: str | None = None,
+    user: str | None = None,
+    event: str | None = None,
+    protocol: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = Query(100, ge=1, le=10000),
+    session: Session = Depends(db),
+):
+    """Console audit entries, oldest first: the newest `limit` that match every filter."""
+    rows = consoles.audit_entries(session, vm, user, event, protocol, since, until, limit)
+    return [AuditOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+def _admin(user: User) -> None:
+    if not auth.has_role(user, auth.ROLE_ADMIN):
+        raise EngineError(None, f"{user.name} is not an administrator", 403)
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(session: Session = Depends(db), me: User = Depends(current_user)):
+    _admin(me)
+    return [UserOut(id=u.id, name=u.name, roles=u.roles or []) for u in session.scalars(select(User))]
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+def create_user(body: UserIn, session: Session = Depends(db), me: User = Depends(current_user)):
+    _admin(me)
+    if session.scalar(select(User).where(User.name == body.name)) is not None:
+        raise EngineError("name", f"a user named {body.name!r} already exists", 409)
+    u = User(name=body.name, password_hash=auth.hash_password(body.password), roles=list(body.roles))
+    session.add(u)
+    session.flush()
+    return UserOut(id=u.id, name=u.name, roles=u.roles)
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -279,3 +375,23 @@ def check_rules(body: RuleCheckIn, session: Session = Depends(db)):
     display = service.display_from_fields(_fields(body))
     found = violations(display, body.os_type, level or "4.7", arch or "x86_64")
     return [Violation(field=v.field, reason=v.reason) for v in found]
+
+
+# --- screenshots ---------------------------------------------------------------------
+
+
+@router.get(
+    "/vms/{key}/screenshot.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the VM's screen as a PNG"}},
+)
+def vm_screenshot(
+    key: str,
+    request: Request,
+    width: int | None = Query(None, ge=16, le=4096, description="at most this many pixels wide"),
+    screen: int = Query(0, ge=0, le=3, description="which screen of a multi-head VM"),
+    session: Session = Depends(db),
+):
+    """A live thumbnail of a running VM's screen, taken without opening (or disturbing) a console."""
+    png = service.screenshot(session, request.app.state.agents, key, width, screen)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, db
+from multiconsole.engine import api, auth, consoles, db
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import Agents
 from multiconsole.engine.monitor import Monitor
@@ -74,6 +74,9 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.db_engine = engine
     app.state.agents = Agents()
     app.state.monitor = Monitor(sessions, interval=settings.monitor_interval)
+    app.state.monitor.listeners.append(
+        lambda host_id, event: consoles.on_agent_event(sessions, host_id, event)
+    )
     app.state.generated_admin_password = generated
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)

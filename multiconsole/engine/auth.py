@@ -18,6 +18,19 @@ from sqlalchemy.orm import Session
 from multiconsole.engine.db import User
 
 ADMIN = "admin@internal"
+# Roles. The admin may do everything; the others add up.
+ROLE_ADMIN = "admin"
+VM_OPERATOR = "vm_operator"  # start, stop, edit
+CONSOLE_USER = "console_user"  # open consoles
+CONSOLE_RECONNECT = "console_reconnect"  # take over another user's console
+ROLES = (ROLE_ADMIN, VM_OPERATOR, CONSOLE_USER, CONSOLE_RECONNECT)
+
+
+def has_role(user: User, role: str) -> bool:
+    roles = user.roles or []
+    return ROLE_ADMIN in roles or role in roles
+
+
 _hasher = PasswordHasher()
 # Verifying argon2 costs tens of milliseconds by design: remember good logins briefly.
 _CACHE_SECONDS = 60.0
@@ -36,7 +49,7 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
     generated = None
     if not password:
         password = generated = secrets.token_urlsafe(12)
-    session.add(User(name=ADMIN, password_hash=hash_password(password)))
+    session.add(User(name=ADMIN, password_hash=hash_password(password), roles=[ROLE_ADMIN]))
     session.commit()
     return generated
 
@@ -44,7 +57,7 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
 def set_password(session: Session, name: str, password: str) -> None:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
-        user = User(name=name, password_hash="")
+        user = User(name=name, password_hash="", roles=[ROLE_ADMIN] if name == ADMIN else [])
         session.add(user)
     user.password_hash = hash_password(password)
     with _cache_lock:

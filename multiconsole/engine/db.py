@@ -49,6 +49,8 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
+    # admin, vm_operator, console_user, console_reconnect
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
@@ -105,7 +107,7 @@ class Vm(Base):
     next_run: Mapped[dict[str, Any] | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(32), default="Down")
     status_reason: Mapped[str] = mapped_column(String(1024), default="")
-    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=now)
     started_at: Mapped[datetime | None] = mapped_column()
     # When a user's action (start, stop) last changed the status: the monitor leaves
@@ -122,12 +124,34 @@ class VmConsole(Base):
     """Where a running VM's console listens, as the host's stats last said."""
 
     __tablename__ = "vm_consoles"
+    # The monitor and a user's stop may both remove a stopped VM's consoles.
+    __mapper_args__ = {"confirm_deleted_rows": False}
     vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
     protocol: Mapped[str] = mapped_column(String(8), primary_key=True)
     address: Mapped[str] = mapped_column(String(255))
     port: Mapped[int | None] = mapped_column(Integer)
     tls_port: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=now)
+    # Who holds the console: the user of the last ticket, once a client authenticated.
+    ticket_user: Mapped[str | None] = mapped_column(String(128))
+    holder: Mapped[str | None] = mapped_column(String(128))
+    client_address: Mapped[str | None] = mapped_column(String(255))
+    connected_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuditEntry(Base):
+    """Who did what with which console, and from where."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(default=now, index=True)
+    event: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str | None] = mapped_column(String(128), index=True)
+    vm_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    vm_name: Mapped[str | None] = mapped_column(String(64))
+    protocol: Mapped[str | None] = mapped_column(String(8))
+    client_address: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(String(1024), default="")
 
 
 def make_engine(url: str) -> Engine:

@@ -262,7 +262,7 @@ class VmConsoles(BaseModel):
     vm: str
     status: str
     configured: list[ConfiguredConsole]
-    current: list[ConsoleOut]
+    current: list[ConsoleState]
     next_run: list[ConfiguredConsole] | None = Field(
         description="the consoles the VM gets at its next start, when they differ"
     )
@@ -289,13 +289,17 @@ class Violation(BaseModel):
 
 class TicketIn(In):
     ttl: int = Field(120, ge=1, le=7200, description="seconds the password is valid")
-    existing_connection: Literal["disconnect", "keep", "fail"] = Field(
-        "disconnect", description="what happens to a SPICE client already connected"
+    existing_connection: Literal["disconnect", "keep", "fail"] | None = Field(
+        None,
+        description="what happens to a SPICE client already connected; by default the ticket "
+        "is refused if an unknown client is connected, and your own earlier session is disconnected",
     )
+    take_over: bool = Field(False, description="disconnect another user who holds the console")
 
 
 class TicketOut(BaseModel):
     vm: str
+    vm_id: str
     protocol: str
     password: str
     expires: Time
@@ -303,3 +307,39 @@ class TicketOut(BaseModel):
     address: str
     port: int | None
     tls_port: int | None
+
+
+class UserIn(In):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+    password: str = Field(min_length=8, max_length=256)
+    roles: list[Literal["admin", "vm_operator", "console_user", "console_reconnect"]] = Field(
+        default_factory=lambda: ["console_user"]
+    )
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    roles: list[str]
+
+
+class ConsoleState(BaseModel):
+    protocol: str
+    address: str
+    port: int | None
+    tls_port: int | None
+    holder: str | None = Field(description="the user connected to this console, if any")
+    client_address: str | None
+    connected_at: Time | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    time: Time
+    event: str
+    user: str | None
+    vm_id: str | None
+    vm_name: str | None
+    protocol: str | None
+    client_address: str | None
+    detail: str

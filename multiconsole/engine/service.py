@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import uuid
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from multiconsole.domain.devices import GraphicsType, VideoModel
 from multiconsole.domain.display import (
@@ -30,7 +28,7 @@ from multiconsole.domain.display import (
 from multiconsole.domain.errors import FieldError
 from multiconsole.engine import builder
 from multiconsole.engine.broker import AgentCallError
-from multiconsole.engine.db import Cluster, Host, Template, Vm, VmConsole, now
+from multiconsole.engine.db import AuditEntry, Cluster, Host, Template, Vm, VmConsole, now
 from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, NotFound
 from multiconsole.engine.hosts import Agents
 from multiconsole.wire.stats import consoles_from_stats
@@ -495,7 +493,22 @@ def stop_vm(session: Session, agents: Agents, key: str) -> Vm:
 
 
 def mark_down(vm: Vm, reason: str = "") -> None:
-    """The VM stopped: what was waiting for its next start becomes its configuration."""
+    """The VM stopped: its console sessions end, and what was waiting for its next start
+    becomes its configuration."""
+    session = object_session(vm)
+    for console in vm.consoles:
+        if console.holder and session is not None:
+            session.add(
+                AuditEntry(
+                    event="console disconnected",
+                    user=console.holder,
+                    vm_id=vm.id,
+                    vm_name=vm.name,
+                    protocol=console.protocol,
+                    client_address=console.client_address,
+                    detail="the VM stopped",
+                )
+            )
     vm.status = "Down"
     vm.status_reason = reason
     vm.host_id = None
@@ -539,78 +552,46 @@ def field_error(err: FieldError) -> EngineError:
     return EngineError.from_field(err)
 
 
-# --- console tickets -------------------------------------------------------------------
+# --- screenshots -----------------------------------------------------------------------
 
-TICKET_TTL_DEFAULT = 120
-TICKET_TTL_MAX = 7200
-
-
-def new_console_password() -> str:
-    """8 characters (VNC's limit) from 6 random bytes."""
-    return secrets.token_urlsafe(6)
+SCREENSHOT_STATES = ("Up", "Paused", "PoweringUp", "PoweringDown")
 
 
-def issue_ticket(
-    session: Session,
-    agents: Agents,
-    key: str,
-    protocol: str,
-    ttl: int = TICKET_TTL_DEFAULT,
-    existing_conn_action: str = "disconnect",
-    user_name: str = "",
-) -> dict:
-    """A one-time password on one console of a running VM, valid for `ttl` seconds."""
+def screenshot(
+    session: Session, agents: Agents, key: str, max_width: int | None = None, screen: int = 0
+) -> bytes:
+    """A PNG of a running VM's screen, from its host (QEMU's framebuffer: consoles stay untouched)."""
+    import base64
+
     vm = get_vm(session, key)
-    try:
-        gtype = GraphicsType(protocol)
-    except ValueError:
-        raise NotFound("protocol", f"no console protocol {protocol!r}: spice or vnc") from None
-    if not 1 <= ttl <= TICKET_TTL_MAX:
-        raise EngineError("ttl", f"must be 1..{TICKET_TTL_MAX} seconds", 422)
-    if vm.status not in ("Up", "Paused", "PoweringUp"):
-        raise Conflict("status", f"VM {vm.name!r} is {vm.status}: consoles open only while it runs")
-    console = next((c for c in vm.consoles if c.protocol == gtype.value), None)
-    if console is None:
-        raise NotFound("protocol", f"VM {vm.name!r} has no running {gtype.value} console")
+    if vm.status not in SCREENSHOT_STATES or vm.host_id is None:
+        raise Conflict("status", f"VM {vm.name!r} is {vm.status}: screenshots only while it runs")
+    if DisplayConfig.from_json(vm.display).video == VideoModel.NONE:
+        raise Conflict("video", f"VM {vm.name!r} is headless: it has no screen")
     host = session.get(Host, vm.host_id)
-    password = new_console_password()
-    params = {
-        "deviceType": "graphics",
-        "graphicsType": gtype.value,
-        "password": password,
-        "ttl": ttl,
-        "existingConnAction": existing_conn_action,
-        "params": {"userName": user_name},
-    }
-    legacy = not multi_console(vm.cluster.compat_level) or not (host.capabilities or {}).get(
-        "graphicsDevices"
-    )
+    params: dict[str, Any] = {"vmID": vm.id, "screen": screen}
+    if max_width is not None:
+        params["maxWidth"] = max_width
     try:
-        if legacy:
-            # Old hosts know only setTicket, on the VM's one console.
-            agents.for_host(host).call(
-                "VM.setTicket",
-                vmID=vm.id,
-                password=password,
-                ttl=ttl,
-                existingConnAction=existing_conn_action,
-                params=params["params"],
-            )
-        else:
-            agents.for_host(host).call("VM.updateDevice", vmID=vm.id, params=params)
+        reply = agents.for_host(host).call("VM.screenshot", **params)
     except AgentCallError as err:
-        raise EngineError("host", f"host {host.name} could not set the ticket: {err.message}", 409) from None
+        if err.code == 102:
+            raise Conflict("status", f"VM {vm.name!r} is not running on host {host.name}") from None
+        if err.code == 1:
+            raise Conflict("status", f"host {host.name} no longer runs VM {vm.name!r}") from None
+        if err.code == 101:
+            raise Conflict("video", f"VM {vm.name!r}: {err.message}") from None
+        if err.code == -32601:
+            raise Conflict("host", f"host {host.name} cannot take screenshots (its agent is older)") from None
+        raise EngineError(
+            "host", f"host {host.name} could not take the screenshot: {err.message}", 502
+        ) from None
     except httpx.HTTPError as err:
         raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
-    expires = now() + timedelta(seconds=ttl)
-    log.info("console ticket issued vm=%s console=%s ttl=%d", vm.name, gtype.value, ttl)
-    return {
-        "vm": vm.name,
-        "protocol": gtype.value,
-        "password": password,
-        "expires": expires,
-        "ttl": ttl,
-        "address": console.address,
-        "port": console.port,
-        "tls_port": console.tls_port,
-    }
+    try:
+        png = base64.b64decode(reply["png"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        png = b""
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise EngineError("host", f"host {host.name} sent a screenshot that is not a PNG", 502)
+    return png

@@ -14,6 +14,7 @@ class ErrorCode(IntEnum):
     LIBVIRT_FAILURE = 100
     NO_SUCH_DEVICE = 101
     VM_NOT_RUNNING = 102
+    CONSOLE_IN_USE = 103
 
 
 MESSAGES = {
@@ -27,4 +28,5 @@ MESSAGES = {
     ErrorCode.LIBVIRT_FAILURE: "libvirt failed",
     ErrorCode.NO_SUCH_DEVICE: "the VM has no such device",
     ErrorCode.VM_NOT_RUNNING: "the VM is not running",
+    ErrorCode.CONSOLE_IN_USE: "a client is connected to the console",
 }

@@ -50,8 +50,9 @@ def colours(path: Path) -> int:
         return len(im.convert("RGB").getcolors(maxcolors=1 << 20) or [])
 
 
-def same_screen(a: Path, b: Path, tolerance: float = 0.02) -> bool:
-    """True when two captures show the same picture (a blinking cursor may differ)."""
+def same_screen(a: Path, b: Path, tolerance: float = 0.002) -> bool:
+    """True when two captures show the same picture: at most 0.2% of pixels differ, enough
+    for a blinking cursor, too little for another VM (its UUID line differs)."""
     with Image.open(a) as ia, Image.open(b) as ib:
         ia, ib = ia.convert("L"), ib.convert("L")
         if ia.size != ib.size:
@@ -74,3 +75,93 @@ def capture_screen(capture, port: int, password: str, out: Path, seconds: float 
         if rc != 0 or colours(out) > 1 or time.monotonic() > deadline:
             return rc
         time.sleep(0.5)
+
+
+class VirtualScreen:
+    """An Xvfb display for desktop clients (remote-viewer), with screenshots of it."""
+
+    def __init__(self, size: str = "1024x768x24"):
+        import tempfile
+
+        self._fd_file = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(self._fd_file.fileno()), "-screen", "0", size, "-nolisten", "tcp"],
+            pass_fds=[self._fd_file.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:
+            self._fd_file.seek(0)
+            text = self._fd_file.read().decode().strip()
+            if text:
+                self.display = f":{text}"
+                break
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("Xvfb did not start")
+            time.sleep(0.05)
+
+    def run(self, *cmd: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "DISPLAY": self.display},
+            start_new_session=True,
+        )
+
+    def screenshot(self, out: Path) -> None:
+        subprocess.run(
+            ["import", "-display", self.display, "-window", "root", str(out)],
+            check=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._fd_file.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def shows_screen(window_shot: Path, screen: Path, tolerance: float = 0.002) -> bool:
+    """True when `screen` (a console capture) appears unscaled inside `window_shot`.
+
+    Lines the two up by the first bright pixel below the window's title bar, then
+    compares the overlapping picture.
+    """
+    with Image.open(window_shot) as big, Image.open(screen) as small:
+        big, small = big.convert("L"), small.convert("L")
+
+        def first_bright(im: Image.Image, top: int) -> tuple[int, int] | None:
+            w, h = im.size
+            px = im.load()
+            for y in range(top, h):
+                for x in range(w):
+                    if px[x, y] > 128:
+                        return x, y
+            return None
+
+        a = first_bright(small, 0)
+        # Skip remote-viewer's header bar: start below the first dark row after it.
+        b = first_bright(big, 48)
+        if a is None or b is None:
+            return False
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        region = big.crop((dx, dy, dx + small.width, dy + small.height))
+        same = region.tobytes(), small.tobytes()
+        differ = sum(1 for x, y in zip(*same, strict=True) if abs(x - y) > 64)
+        return differ / len(same[1]) <= tolerance

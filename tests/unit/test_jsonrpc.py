@@ -22,6 +22,7 @@ METHODS = {
     "VM.destroy",
     "VM.setTicket",
     "VM.updateDevice",
+    "VM.screenshot",
 }
 BOTH = {
     "vmId": VM_ID,

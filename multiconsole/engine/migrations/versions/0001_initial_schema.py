@@ -15,6 +15,25 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "audit_log",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("event", sa.String(length=64), nullable=False),
+        sa.Column("user", sa.String(length=128), nullable=True),
+        sa.Column("vm_id", sa.String(length=36), nullable=True),
+        sa.Column("vm_name", sa.String(length=64), nullable=True),
+        sa.Column("protocol", sa.String(length=8), nullable=True),
+        sa.Column("client_address", sa.String(length=255), nullable=True),
+        sa.Column("detail", sa.String(length=1024), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_audit_log_event"), ["event"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_log_time"), ["time"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_log_user"), ["user"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_log_vm_id"), ["vm_id"], unique=False)
+
+    op.create_table(
         "clusters",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -30,6 +49,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("password_hash", sa.String(length=256), nullable=False),
+        sa.Column("roles", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
@@ -88,6 +108,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+    with op.batch_alter_table("vms", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_vms_host_id"), ["host_id"], unique=False)
+
     op.create_table(
         "vm_consoles",
         sa.Column("vm_id", sa.String(length=36), nullable=False),
@@ -96,6 +119,10 @@ def upgrade() -> None:
         sa.Column("port", sa.Integer(), nullable=True),
         sa.Column("tls_port", sa.Integer(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ticket_user", sa.String(length=128), nullable=True),
+        sa.Column("holder", sa.String(length=128), nullable=True),
+        sa.Column("client_address", sa.String(length=255), nullable=True),
+        sa.Column("connected_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["vm_id"], ["vms.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("vm_id", "protocol"),
     )
@@ -103,8 +130,18 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("vm_consoles")
+    with op.batch_alter_table("vms", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_vms_host_id"))
+
     op.drop_table("vms")
     op.drop_table("templates")
     op.drop_table("hosts")
     op.drop_table("users")
     op.drop_table("clusters")
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_audit_log_vm_id"))
+        batch_op.drop_index(batch_op.f("ix_audit_log_user"))
+        batch_op.drop_index(batch_op.f("ix_audit_log_time"))
+        batch_op.drop_index(batch_op.f("ix_audit_log_event"))
+
+    op.drop_table("audit_log")

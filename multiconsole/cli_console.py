@@ -1,0 +1,139 @@
+"""`multiconsole console NAME` and `multiconsole audit`: open a console, read the audit log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import webbrowser
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+import typer
+
+from multiconsole.cli_engine import Run, _table, _text, command, usage_error
+from multiconsole.domain.devices import GraphicsType
+from multiconsole.wire.vvfile import ViewerFile, render
+
+Protocol = Literal["spice", "vnc"]
+
+
+def _viewer_file(t: dict) -> str:
+    return render(
+        ViewerFile(
+            protocol=GraphicsType(t["protocol"]),
+            host=t["address"],
+            port=t["port"],
+            password=t["password"],
+            ttl=t["ttl"],
+            title=t["vm"],
+            tls_port=t["tls_port"],
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "console")
+    def console(
+        run: Run,
+        name: Annotated[str, typer.Argument(help="VM name or id")],
+        protocol: Annotated[Protocol, typer.Option("--protocol", "-p", help="which console")] = "spice",
+        vv: Annotated[Path | None, typer.Option("--vv", help="write a remote-viewer file here")] = None,
+        open_viewer: Annotated[bool, typer.Option("--open", help="open it in remote-viewer")] = False,
+        browser: Annotated[bool, typer.Option("--browser", help="open the VNC console in a browser")] = False,
+        ttl: Annotated[int, typer.Option("--ttl", help="seconds the password is valid")] = 120,
+        take_over: Annotated[
+            bool, typer.Option("--take-over", help="disconnect another user who holds the console")
+        ] = False,
+    ) -> None:
+        """Open a VM's console: a one-time password, a remote-viewer file, or the browser."""
+        if sum((vv is not None, open_viewer, browser)) > 1:
+            usage_error("choose one of --vv, --open and --browser")
+        if browser:
+            if protocol != "vnc":
+                usage_error("the browser console is VNC: use --protocol vnc")
+            url = f"{run.client.url}/console/{name}"
+            run.show({"url": url}, lambda: run.say(f"opening {url}"))
+            webbrowser.open(url)
+            return
+        t = run.post("vms", name, "consoles", protocol, "ticket", body={"ttl": ttl, "take_over": take_over})
+        if vv is not None or open_viewer:
+            text = _viewer_file(t)
+            if open_viewer:
+                viewer = shutil.which("remote-viewer")
+                if viewer is None:
+                    usage_error("remote-viewer is not installed (Debian: apt-get install virt-viewer)")
+                fd, tmp = tempfile.mkstemp(suffix=".vv")  # mode 0600; remote-viewer deletes it
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                subprocess.Popen([viewer, tmp], stdin=subprocess.DEVNULL, start_new_session=True)
+                run.show({**t, "file": tmp}, lambda: run.say(f"remote-viewer opened for {t['vm']}"))
+                return
+            vv.write_text(text)
+            vv.chmod(0o600)
+            run.show({**t, "file": str(vv)}, lambda: run.say(f"wrote {vv}: remote-viewer {vv}"))
+            return
+        out = {
+            "vm": t["vm"],
+            "protocol": t["protocol"],
+            "host": t["address"],
+            "port": t["port"],
+            "tlsPort": t["tls_port"],
+            "password": t["password"],
+            "expires": t["expires"],
+        }
+
+        def table() -> None:
+            tb = _table("VM", "Console", "Host", "Port", "TLS port", "Password", "Expires")
+            tb.add_row(
+                t["vm"],
+                t["protocol"].upper(),
+                t["address"],
+                _text(t["port"]),
+                _text(t["tls_port"]),
+                t["password"],
+                t["expires"],
+            )
+            run.console.print(tb)
+
+        run.show(out, table)
+
+    @command(app, "audit")
+    def audit(
+        run: Run,
+        vm: Annotated[str | None, typer.Option("--vm", help="VM name or id")] = None,
+        who: Annotated[str | None, typer.Option("--who", help="whose entries (a user name)")] = None,
+        event: Annotated[str | None, typer.Option("--event", help="e.g. 'console connected'")] = None,
+        protocol: Annotated[Protocol | None, typer.Option("--protocol")] = None,
+        since: Annotated[str | None, typer.Option("--since", help="ISO time")] = None,
+        limit: Annotated[int, typer.Option("--limit")] = 100,
+    ) -> None:
+        """The console audit log: tickets, connections, disconnections, takeovers."""
+        params = {
+            "vm": vm,
+            "user": who,
+            "event": event,
+            "protocol": protocol,
+            "since": since,
+            "limit": limit,
+        }
+        query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items() if v is not None)
+        rows = run.client.get(f"/audit?{query}")
+
+        def table() -> None:
+            tb = _table("Time", "Event", "User", "VM", "Console", "Client", "Detail")
+            for r in rows:
+                tb.add_row(
+                    r["time"],
+                    r["event"],
+                    _text(r["user"]),
+                    _text(r["vm_name"]),
+                    _text(r["protocol"]),
+                    _text(r["client_address"]),
+                    _text(r["detail"]),
+                )
+            run.console.print(tb)
+
+        run.show(rows, table)
