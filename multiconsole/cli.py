@@ -68,6 +68,19 @@ def agent(
     serve(manager, host, port, tls)
 
 
+def _origins(host: str, port: int) -> list[str]:
+    """Where browsers reach an engine listening on host:port (for the proxy's Origin check)."""
+    import socket
+
+    names = {host}
+    if host in ("0.0.0.0", "::", "127.0.0.1", "localhost"):
+        names |= {"127.0.0.1", "localhost"}
+    if host in ("0.0.0.0", "::"):
+        names |= {socket.gethostname(), socket.getfqdn()}
+    names -= {"0.0.0.0", "::"}
+    return sorted(f"{scheme}://{n}:{port}" for n in names for scheme in ("http", "https"))
+
+
 @app.command()
 def engine(
     db: str = typer.Option(None, help="SQLAlchemy URL; default: SQLite in the data directory"),
@@ -76,6 +89,13 @@ def engine(
         None, envvar="MULTICONSOLE_ADMIN_PASSWORD", help="admin@internal's password on first start"
     ),
     monitor_interval: float = typer.Option(3.0, help="seconds between polls of each host"),
+    proxy_port: int = typer.Option(6100, help="port of the browser console's websocket proxy; 0: none"),
+    public_origin: list[str] = typer.Option(
+        None,
+        "--public-origin",
+        help="a URL browsers reach the engine at (repeat), for the proxy's Origin check; "
+        "default: derived from --listen",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
     """Run the engine: REST API on SQLite or PostgreSQL, monitoring the hosts."""
@@ -88,8 +108,16 @@ def engine(
     host, port = _host_port(listen, 8080)
     url = db or f"sqlite:///{data_dir() / 'engine.db'}"
     application = make_app(
-        Settings(db_url=url, admin_password=admin_password, monitor_interval=monitor_interval)
+        Settings(
+            db_url=url,
+            admin_password=admin_password,
+            monitor_interval=monitor_interval,
+            proxy_port=proxy_port or None,
+            proxy_host=host,
+            allowed_origins=public_origin or _origins(host, port),
+        )
     )
+
     generated = application.state.generated_admin_password
     if generated:
         secret = data_dir() / "admin-password"
@@ -105,6 +133,7 @@ def engine(
 def demo(
     agent_port: int = typer.Option(54321, help="port of the demo's agent"),
     engine_port: int = typer.Option(8080, help="port of the demo's engine"),
+    proxy_port: int = typer.Option(6100, help="port of the demo's browser-console proxy"),
     virt_type: str = typer.Option("qemu", help="auto, kvm or qemu (TCG)"),
     ticket_ttl: int = typer.Option(600, help="seconds the printed console passwords stay valid"),
 ) -> None:
@@ -112,7 +141,13 @@ def demo(
     from multiconsole.demo import run
 
     logs.setup(False)
-    run(agent_port=agent_port, engine_port=engine_port, virt_type=virt_type, ticket_ttl=ticket_ttl)
+    run(
+        agent_port=agent_port,
+        engine_port=engine_port,
+        proxy_port=proxy_port,
+        virt_type=virt_type,
+        ticket_ttl=ticket_ttl,
+    )
 
 
 # The engine's REST API from the shell: multiconsole cluster | host | vm | template ...

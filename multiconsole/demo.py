@@ -97,9 +97,15 @@ class Api:
         return next((x for x in self("GET", path) if x["name"] == name), None)
 
 
-def run(agent_port: int = 54321, engine_port: int = 8080, virt_type: str = "qemu", ticket_ttl: int = 600):
+def run(
+    agent_port: int = 54321,
+    engine_port: int = 8080,
+    proxy_port: int = 6100,
+    virt_type: str = "qemu",
+    ticket_ttl: int = 600,
+):
     out = Console()
-    for port, what in ((agent_port, "agent"), (engine_port, "engine")):
+    for port, what in ((agent_port, "agent"), (engine_port, "engine"), (proxy_port, "console proxy")):
         if not _port_free(port):
             raise DemoError(f"demo: port {port} for the {what} is taken (an earlier demo still running?)")
     db_url = f"sqlite:///{data_dir() / 'engine.db'}"
@@ -110,7 +116,18 @@ def run(agent_port: int = 54321, engine_port: int = 8080, virt_type: str = "qemu
             ["agent", "--insecure", "--listen", f"127.0.0.1:{agent_port}", "--virt-type", virt_type],
             "agent.log",
         ),
-        _spawn(["engine", "--db", db_url, "--listen", f"127.0.0.1:{engine_port}"], "engine.log"),
+        _spawn(
+            [
+                "engine",
+                "--db",
+                db_url,
+                "--listen",
+                f"127.0.0.1:{engine_port}",
+                "--proxy-port",
+                str(proxy_port),
+            ],
+            "engine.log",
+        ),
     ]
     api = None
     try:
@@ -184,6 +201,11 @@ def run(agent_port: int = 54321, engine_port: int = 8080, virt_type: str = "qemu
         )
         for hint in hints:
             out.print(f"  {hint}", soft_wrap=True, highlight=False)
+        out.print(
+            f"VNC in the browser: {engine_url}/console/demo (log in as {auth.ADMIN})",
+            soft_wrap=True,
+            highlight=False,
+        )
         out.print("Ctrl-C stops the demo.")
         try:
             while all(p.poll() is None for p in procs):

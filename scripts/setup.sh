@@ -12,7 +12,7 @@ APT_PACKAGES=(
   libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config gcc
   python3-venv python3-dev
   spice-client-gtk virt-viewer xvfb xauth imagemagick x11-utils
-  postgresql
+  postgresql chromium
 )
 
 need_apt=0
@@ -52,6 +52,15 @@ if [ "${MULTICONSOLE_NO_POSTGRES:-0}" != 1 ]; then
     su postgres -c "psql -qAtc \"select 1 from pg_database where datname='multiconsole_test'\"" | grep -q 1 ||
       su postgres -c "createdb -O multiconsole multiconsole_test"
   fi
+fi
+
+# Browser assets (noVNC) from the npm registry, served by the engine.
+if ! command -v npm >/dev/null; then
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -d node_modules/@novnc/novnc ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing noVNC (npm)"
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 # Python side: the venv and the project (editable) with its test extras.

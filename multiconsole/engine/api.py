@@ -44,13 +44,15 @@ MIME_VV = "application/x-virt-viewer"
 
 
 def db(request: Request) -> Iterator[Session]:
+    """One session per request, committed before the response leaves (scope="function" at
+    every use): a client that got its 201 must find what it created."""
     with request.app.state.sessions() as session:
         yield session
         session.commit()
 
 
 def current_user(
-    session: Session = Depends(db), creds: HTTPBasicCredentials | None = Depends(_basic)
+    session: Session = Depends(db, scope="function"), creds: HTTPBasicCredentials | None = Depends(_basic)
 ) -> User:
     if creds is None:
         raise EngineError(None, "log in: this API needs a user name and password", 401)
@@ -81,22 +83,22 @@ def _template_out(session: Session, t: Template) -> TemplateOut:
 
 
 @router.get("/clusters", response_model=list[ClusterOut])
-def list_clusters(session: Session = Depends(db)):
+def list_clusters(session: Session = Depends(db, scope="function")):
     return [ClusterOut.of(c) for c in session.scalars(select(Cluster).order_by(Cluster.name))]
 
 
 @router.post("/clusters", response_model=ClusterOut, status_code=201)
-def create_cluster(body: ClusterIn, session: Session = Depends(db)):
+def create_cluster(body: ClusterIn, session: Session = Depends(db, scope="function")):
     return ClusterOut.of(service.create_cluster(session, **body.model_dump()))
 
 
 @router.get("/clusters/{key}", response_model=ClusterOut)
-def get_cluster(key: str, session: Session = Depends(db)):
+def get_cluster(key: str, session: Session = Depends(db, scope="function")):
     return ClusterOut.of(service.get_cluster(session, key))
 
 
 @router.patch("/clusters/{key}", response_model=ClusterOut)
-def patch_cluster(key: str, body: ClusterPatch, session: Session = Depends(db)):
+def patch_cluster(key: str, body: ClusterPatch, session: Session = Depends(db, scope="function")):
     c = service.get_cluster(session, key)
     fields = _fields(body)
     if "console_address" in fields:
@@ -108,7 +110,7 @@ def patch_cluster(key: str, body: ClusterPatch, session: Session = Depends(db)):
 
 
 @router.delete("/clusters/{key}", status_code=204)
-def delete_cluster(key: str, session: Session = Depends(db)):
+def delete_cluster(key: str, session: Session = Depends(db, scope="function")):
     service.delete_cluster(session, key)
 
 
@@ -116,36 +118,36 @@ def delete_cluster(key: str, session: Session = Depends(db)):
 
 
 @router.get("/hosts", response_model=list[HostOut])
-def list_hosts(session: Session = Depends(db)):
+def list_hosts(session: Session = Depends(db, scope="function")):
     return [HostOut.of(h) for h in session.scalars(select(Host).order_by(Host.name))]
 
 
 @router.post("/hosts", response_model=HostOut, status_code=201)
-def add_host(body: HostIn, request: Request, session: Session = Depends(db)):
+def add_host(body: HostIn, request: Request, session: Session = Depends(db, scope="function")):
     host = service.add_host(session, request.app.state.agents, **body.model_dump())
     request.app.state.monitor.poke(host.id)
     return HostOut.of(host)
 
 
 @router.get("/hosts/{key}", response_model=HostOut)
-def get_host(key: str, session: Session = Depends(db)):
+def get_host(key: str, session: Session = Depends(db, scope="function")):
     return HostOut.of(service.get_host(session, key))
 
 
 @router.post("/hosts/{key}/maintenance", response_model=HostOut)
-def host_maintenance(key: str, session: Session = Depends(db)):
+def host_maintenance(key: str, session: Session = Depends(db, scope="function")):
     return HostOut.of(service.set_host_maintenance(session, key, True))
 
 
 @router.post("/hosts/{key}/activate", response_model=HostOut)
-def host_activate(key: str, request: Request, session: Session = Depends(db)):
+def host_activate(key: str, request: Request, session: Session = Depends(db, scope="function")):
     host = service.set_host_maintenance(session, key, False)
     request.app.state.monitor.poke(host.id)
     return HostOut.of(host)
 
 
 @router.delete("/hosts/{key}", status_code=204)
-def delete_host(key: str, session: Session = Depends(db)):
+def delete_host(key: str, session: Session = Depends(db, scope="function")):
     service.delete_host(session, key)
 
 
@@ -153,27 +155,27 @@ def delete_host(key: str, session: Session = Depends(db)):
 
 
 @router.get("/templates", response_model=list[TemplateOut])
-def list_templates(session: Session = Depends(db)):
+def list_templates(session: Session = Depends(db, scope="function")):
     return [_template_out(session, t) for t in session.scalars(select(Template).order_by(Template.name))]
 
 
 @router.post("/templates", response_model=TemplateOut, status_code=201)
-def create_template(body: TemplateIn, session: Session = Depends(db)):
+def create_template(body: TemplateIn, session: Session = Depends(db, scope="function")):
     return _template_out(session, service.create_template(session, _fields(body)))
 
 
 @router.get("/templates/{key}", response_model=TemplateOut)
-def get_template(key: str, session: Session = Depends(db)):
+def get_template(key: str, session: Session = Depends(db, scope="function")):
     return _template_out(session, service.get_template(session, key))
 
 
 @router.patch("/templates/{key}", response_model=TemplateOut)
-def patch_template(key: str, body: TemplatePatch, session: Session = Depends(db)):
+def patch_template(key: str, body: TemplatePatch, session: Session = Depends(db, scope="function")):
     return _template_out(session, service.update_template(session, key, _fields(body)))
 
 
 @router.delete("/templates/{key}", status_code=204)
-def delete_template(key: str, session: Session = Depends(db)):
+def delete_template(key: str, session: Session = Depends(db, scope="function")):
     service.delete_template(session, key)
 
 
@@ -181,7 +183,7 @@ def delete_template(key: str, session: Session = Depends(db)):
 
 
 @router.get("/vms", response_model=list[VmOut])
-def list_vms(session: Session = Depends(db)):
+def list_vms(session: Session = Depends(db, scope="function")):
     vms = session.scalars(
         select(Vm)
         .order_by(Vm.name)
@@ -191,38 +193,38 @@ def list_vms(session: Session = Depends(db)):
 
 
 @router.post("/vms", response_model=VmOut, status_code=201)
-def create_vm(body: VmIn, session: Session = Depends(db)):
+def create_vm(body: VmIn, session: Session = Depends(db, scope="function")):
     return _vm_out(session, service.create_vm(session, _fields(body)))
 
 
 @router.get("/vms/{key}", response_model=VmOut)
-def get_vm(key: str, session: Session = Depends(db)):
+def get_vm(key: str, session: Session = Depends(db, scope="function")):
     return _vm_out(session, service.get_vm(session, key))
 
 
 @router.patch("/vms/{key}", response_model=VmOut)
-def patch_vm(key: str, body: VmPatch, session: Session = Depends(db)):
+def patch_vm(key: str, body: VmPatch, session: Session = Depends(db, scope="function")):
     return _vm_out(session, service.update_vm(session, key, _fields(body)))
 
 
 @router.delete("/vms/{key}", status_code=204)
-def delete_vm(key: str, session: Session = Depends(db)):
+def delete_vm(key: str, session: Session = Depends(db, scope="function")):
     service.delete_vm(session, key)
 
 
 @router.post("/vms/{key}/start", response_model=VmOut)
-def start_vm(key: str, request: Request, session: Session = Depends(db)):
+def start_vm(key: str, request: Request, session: Session = Depends(db, scope="function")):
     vm = service.start_vm(session, request.app.state.agents, key)
     return _vm_out(session, vm)
 
 
 @router.post("/vms/{key}/stop", response_model=VmOut)
-def stop_vm(key: str, request: Request, session: Session = Depends(db)):
+def stop_vm(key: str, request: Request, session: Session = Depends(db, scope="function")):
     return _vm_out(session, service.stop_vm(session, request.app.state.agents, key))
 
 
 @router.get("/vms/{key}/consoles", response_model=VmConsoles)
-def vm_consoles(key: str, session: Session = Depends(db)):
+def vm_consoles(key: str, session: Session = Depends(db, scope="function")):
     vm = service.get_vm(session, key)
     configured = DisplayConfig.from_json(vm.display).graphics
     nxt = None
@@ -250,7 +252,7 @@ def vm_consoles(key: str, session: Session = Depends(db)):
     )
 
 
-def _console_user(user: User) -> None:
+def console_user_required(user: User) -> None:
     if not auth.has_role(user, auth.CONSOLE_USER):
         raise EngineError(None, f"{user.name} may not open consoles (needs the console_user role)", 403)
 
@@ -261,11 +263,11 @@ def console_ticket(
     protocol: str,
     request: Request,
     body: TicketIn | None = None,
-    session: Session = Depends(db),
+    session: Session = Depends(db, scope="function"),
     user: User = Depends(current_user),
 ):
     """A fresh one-time password for one console of a running VM."""
-    _console_user(user)
+    console_user_required(user)
     body = body or TicketIn()
     return consoles.issue_ticket(
         session,
@@ -290,11 +292,11 @@ def console_vv(
     request: Request,
     ttl: int = Query(consoles.TICKET_TTL_DEFAULT, ge=1, le=consoles.TICKET_TTL_MAX),
     take_over: bool = False,
-    session: Session = Depends(db),
+    session: Session = Depends(db, scope="function"),
     user: User = Depends(current_user),
 ):
     """Issue a ticket and return it as a remote-viewer file (open it with remote-viewer)."""
-    _console_user(user)
+    console_user_required(user)
     ticket = consoles.issue_ticket(
         session, request.app.state.agents, key, protocol, user, ttl, None, take_over
     )
@@ -320,7 +322,7 @@ def audit_log(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = Query(100, ge=1, le=10000),
-    session: Session = Depends(db),
+    session: Session = Depends(db, scope="function"),
 ):
     """Console audit entries, oldest first: the newest `limit` that match every filter."""
     rows = consoles.audit_entries(session, vm, user, event, protocol, since, until, limit)
@@ -333,13 +335,15 @@ def _admin(user: User) -> None:
 
 
 @router.get("/users", response_model=list[UserOut])
-def list_users(session: Session = Depends(db), me: User = Depends(current_user)):
+def list_users(session: Session = Depends(db, scope="function"), me: User = Depends(current_user)):
     _admin(me)
     return [UserOut(id=u.id, name=u.name, roles=u.roles or []) for u in session.scalars(select(User))]
 
 
 @router.post("/users", response_model=UserOut, status_code=201)
-def create_user(body: UserIn, session: Session = Depends(db), me: User = Depends(current_user)):
+def create_user(
+    body: UserIn, session: Session = Depends(db, scope="function"), me: User = Depends(current_user)
+):
     _admin(me)
     if session.scalar(select(User).where(User.name == body.name)) is not None:
         raise EngineError("name", f"a user named {body.name!r} already exists", 409)
@@ -366,7 +370,7 @@ def os_types():
 
 
 @router.post("/rules/check", response_model=list[Violation])
-def check_rules(body: RuleCheckIn, session: Session = Depends(db)):
+def check_rules(body: RuleCheckIn, session: Session = Depends(db, scope="function")):
     """Every rule a display configuration breaks, for forms to explain before submit."""
     level, arch = body.compat_level, body.arch
     if body.cluster:
@@ -390,7 +394,7 @@ def vm_screenshot(
     request: Request,
     width: int | None = Query(None, ge=16, le=4096, description="at most this many pixels wide"),
     screen: int = Query(0, ge=0, le=3, description="which screen of a multi-head VM"),
-    session: Session = Depends(db),
+    session: Session = Depends(db, scope="function"),
 ):
     """A live thumbnail of a running VM's screen, taken without opening (or disturbing) a console."""
     png = service.screenshot(session, request.app.state.agents, key, width, screen)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, consoles, db
+from multiconsole.engine import api, auth, browser, consoles, db
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import Agents
 from multiconsole.engine.monitor import Monitor
+from multiconsole.proxy import tickets
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,11 @@ class Settings:
     admin_password: str | None = None
     monitor_interval: float = 3.0
     monitor: bool = True
+    # The browser console's websocket proxy, inside the engine (None: no proxy here).
+    proxy_port: int | None = 6100
+    proxy_host: str = "127.0.0.1"
+    proxy_key_file: str | None = None
+    allowed_origins: list[str] = field(default_factory=list)
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -64,7 +71,18 @@ def make_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         if settings.monitor:
             app.state.monitor.start()
+        if settings.proxy_port is not None:
+            app.state.proxy = browser.make_proxy(
+                sessions,
+                app.state.proxy_key,
+                settings.allowed_origins,
+                settings.proxy_host,
+                settings.proxy_port,
+            )
+            await app.state.proxy.start()
         yield
+        if app.state.proxy is not None:
+            await app.state.proxy.stop()
         app.state.monitor.stop()
         app.state.agents.close()
 
@@ -78,9 +96,16 @@ def make_app(settings: Settings) -> FastAPI:
         lambda host_id, event: consoles.on_agent_event(sessions, host_id, event)
     )
     app.state.generated_admin_password = generated
+    app.state.proxy = None
+    app.state.proxy_key = tickets.load_or_create_key(settings.proxy_key_file or tickets.default_key_path())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(api.router)
+    app.include_router(browser.router)
+    if browser.NOVNC_DIR.is_dir():
+        app.mount("/static/novnc", StaticFiles(directory=browser.NOVNC_DIR), name="novnc")
+    else:
+        log.warning("noVNC is not installed (run scripts/setup.sh): no browser console")
     return app

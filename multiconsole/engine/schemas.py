@@ -343,3 +343,15 @@ class AuditOut(BaseModel):
     protocol: str | None
     client_address: str | None
     detail: str
+
+
+class ProxyTicketIn(In):
+    take_over: bool = Field(False, description="disconnect another user who holds the console")
+
+
+class ProxyTicketOut(BaseModel):
+    url: str = Field(description="the websocket URL to open, ticket included (single use, 120 s)")
+    password: str = Field(description="the VNC one-time password")
+    expires: Time
+    vm: str
+    vm_id: str

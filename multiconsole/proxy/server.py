@@ -23,23 +23,24 @@ import inspect
 import logging
 import re
 import signal
+import struct
 import ssl as ssl_module
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame
 from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
 
 from multiconsole.proxy.tickets import CLOCK_SKEW, Claims, TicketError, verify
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 6100
-READ_HIGH = 256 * 1024  # bytes queued from the target before we stop reading it
 WS_WRITE_LIMIT = 256 * 1024  # bytes buffered towards the browser before send() waits
 TARGET_WRITE_LIMIT = 256 * 1024  # bytes buffered towards the target before we stop reading frames
 MAX_FRAME = 1 << 20  # largest message accepted from a browser (noVNC sends small ones)
@@ -113,109 +114,135 @@ def token_from_path(path: str) -> str:
     return segment
 
 
-class _Connection(ServerConnection):
-    """A websocket connection that carries the verified claims from handshake to handler."""
-
-    claims: Claims | None = None
-
-
-class _Target(asyncio.Protocol):
-    """The TCP side: chunks queue as they arrive (no stream buffer copies), with flow control."""
-
-    def __init__(self, session: _Session):
-        self.session = session
-        self.transport: asyncio.Transport | None = None
-        self.chunks: deque[bytes] = deque()
-        self.queued = 0
-        self.closed = False
-        self.reading_paused = False
-        self.writing_paused = False
-        self._readable: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
-
-    # asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=TARGET_WRITE_LIMIT)
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.queued += len(data)
-        self.session.last = time.monotonic()
-        if self.queued >= READ_HIGH and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
-        self._wake_reader()
-
-    def eof_received(self) -> bool:
-        self.closed = True
-        self._wake_reader()
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._wake_reader()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    def _wake_reader(self) -> None:
-        if self._readable is not None and not self._readable.done():
-            self._readable.set_result(None)
-
-    # for the pumps
-
-    async def read(self) -> bytes | None:
-        """Everything queued so far as one chunk; None once the target closed and all is read."""
-        while not self.chunks:
-            if self.closed:
-                return None
-            self._readable = asyncio.get_running_loop().create_future()
-            await self._readable
-        if len(self.chunks) == 1:
-            data = self.chunks.popleft()
-        else:
-            data = b"".join(self.chunks)
-            self.chunks.clear()
-        self.queued = 0
-        if self.reading_paused and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        return data
-
-    async def write(self, data: bytes) -> bool:
-        """Send to the target, waiting while its buffer is full; False once it is gone."""
-        if self.closed or self.transport.is_closing():
-            return False
-        self.transport.write(data)
-        while self.writing_paused and not self.closed:
-            self._writable = asyncio.get_running_loop().create_future()
-            await self._writable
-        return not self.closed
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()  # flushes what is buffered, then closes
-
-
 class _Session:
-    __slots__ = ("claims", "peer", "started", "last", "up", "down", "ended_by")
+    """One relay between a browser's websocket and its console's TCP port.
 
-    def __init__(self, claims: Claims, peer: Any):
+    Bytes move in the transports' callbacks, not in tasks: a data frame from the browser is
+    written to the target as it is parsed, and what the target sends becomes one binary frame
+    as it arrives (no queue, no task switch, no copy besides the frame's own). Flow control
+    is the transports': when one side's write buffer is full, the other side stops reading.
+    """
+
+    __slots__ = (
+        "claims",
+        "peer",
+        "ws",
+        "target",
+        "pending",
+        "started",
+        "last",
+        "up",
+        "down",
+        "ended_by",
+        "target_done",
+    )
+
+    def __init__(self, claims: Claims, ws: _Connection):
         self.claims = claims
-        self.peer = peer
+        self.peer = ws.remote_address
+        self.ws = ws
+        self.target: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # from the browser before the target answered
         self.started = self.last = time.monotonic()
         self.up = 0  # bytes browser -> target
         self.down = 0  # bytes target -> browser
         self.ended_by = "?"
+        self.target_done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    # browser -> target (called from the websocket's frame parser)
+
+    def from_browser(self, data: bytes) -> None:
+        self.up += len(data)
+        self.last = time.monotonic()
+        target = self.target
+        if target is None:
+            self.pending.append(data)
+        elif not target.is_closing():
+            target.write(data)
+
+    # target -> browser (called from the target's transport)
+
+    def from_target(self, data: bytes) -> None:
+        self.down += len(data)
+        self.last = time.monotonic()
+        ws = self.ws
+        if ws.protocol.state is not OPEN:
+            return  # closing: nothing more goes to the browser
+        try:
+            # An unmasked binary frame written as header + payload: websockets' serializer
+            # would copy the payload twice more. Nothing else is in the frame: no extension
+            # is negotiated (compression=None) and the server never fragments.
+            n = len(data)
+            transport = ws.transport
+            if n < 126:
+                transport.write(bytes((0x82, n)) + data)
+            elif n < 16384:
+                transport.write(struct.pack("!BBH", 0x82, 126, n) + data)  # one packet
+            else:
+                transport.write(
+                    struct.pack("!BBH", 0x82, 126, n) if n < 65536 else struct.pack("!BBQ", 0x82, 127, n)
+                )
+                transport.write(data)
+        except Exception as err:  # a broken browser connection: end the session
+            log.info("proxy: browser write failed (%s) jti=%s", type(err).__name__, self.claims.jti_prefix)
+            self.end_target("browser")
+
+    def end_target(self, by: str) -> None:
+        if not self.target_done.done():
+            self.target_done.set_result(by)
+
+
+class _Connection(ServerConnection):
+    """A websocket connection that carries the verified claims from handshake to handler, and
+    hands data frames straight to its session instead of queueing them for recv()."""
+
+    claims: Claims | None = None
+    session: _Session | None = None
+
+    def process_event(self, event: Any) -> None:
+        session = self.session
+        if session is not None and isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            session.from_browser(event.data)
+        else:
+            super().process_event(event)
+
+    # the browser's write buffer is full / drained: stop / resume reading the target
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.session is not None and self.session.target is not None:
+            self.session.target.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.session is not None and self.session.target is not None:
+            self.session.target.resume_reading()
+
+
+class _Target(asyncio.Protocol):
+    """The TCP side of a session."""
+
+    def __init__(self, session: _Session):
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_write_buffer_limits(high=TARGET_WRITE_LIMIT)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.from_target(data)
+
+    def eof_received(self) -> bool:
+        self.session.end_target("target")
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.end_target("target")
+
+    # the target's write buffer is full / drained: stop / resume reading the browser
+    def pause_writing(self) -> None:
+        self.session.ws.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.ws.transport.resume_reading()
 
 
 class ProxyServer:
@@ -392,6 +419,8 @@ class ProxyServer:
             conn.claims = None
             return await self._refuse(conn, "ticket already used", claims, conn.remote_address)
         self._used[claims.jti] = claims.exp + CLOCK_SKEW
+        # From the first frame on, data goes to the session (held until the target answers).
+        conn.session = _Session(claims, conn)
         return None
 
     def _check_origin(self, request: Request) -> None:
@@ -432,14 +461,15 @@ class ProxyServer:
     # --- sessions ----------------------------------------------------------------------
 
     async def _handle(self, ws: _Connection) -> None:
-        claims = ws.claims
-        if claims is None:  # cannot happen: the handshake refuses first
+        session = ws.session
+        if session is None:  # cannot happen: the handshake refuses first
             await ws.close(1008, "no ticket")
             return
-        session = _Session(claims, ws.remote_address)
+        claims = session.claims
         loop = asyncio.get_running_loop()
+        ws.transport.pause_reading()  # until the target answers
         try:
-            _, target = await asyncio.wait_for(
+            target, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: _Target(session), claims.host, claims.port),
                 self.connect_timeout,
             )
@@ -454,9 +484,15 @@ class ProxyServer:
                 claims.vm,
             )
             await self._emit("failed", claims, session.peer)
+            ws.transport.resume_reading()
             await ws.close(1011, "console unreachable")
             return
 
+        session.target = target
+        for data in session.pending:
+            target.write(data)
+        session.pending.clear()
+        ws.transport.resume_reading()
         self.opened += 1
         self._sessions.add(session)
         log.info(
@@ -470,24 +506,24 @@ class ProxyServer:
             claims.port,
         )
         await self._emit("opened", claims, session.peer)
-        tasks = [
-            asyncio.create_task(self._browser_to_target(ws, target, session)),
-            asyncio.create_task(self._target_to_browser(ws, target, session)),
-        ]
+        browser_done = asyncio.ensure_future(ws.wait_closed())
+        waits = [browser_done, session.target_done]
         if self.idle_timeout or self.max_lifetime:
-            tasks.append(asyncio.create_task(self._watchdog(session)))
+            waits.append(asyncio.ensure_future(self._watchdog(session)))
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if session.target_done in done:
+                session.ended_by = session.target_done.result()
+            elif browser_done in done:
+                session.ended_by = "browser"
         finally:
-            for task in tasks:
-                task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception):
-                    session.ended_by = "error"
-                    log.error("proxy: session error jti=%s", claims.jti_prefix, exc_info=result)
-            target.close()
+            for w in waits:
+                if w is not session.target_done:
+                    w.cancel()
+            target.close()  # flushes what is buffered for the target, then closes
             reason = {"idle": "idle timeout", "lifetime": "session lifetime over"}.get(session.ended_by)
             await ws.close(1000, reason or "console closed")
+            ws.session = None
             self._sessions.discard(session)
             self.bytes_up += session.up
             self.bytes_down += session.down
@@ -501,27 +537,6 @@ class ProxyServer:
                 time.monotonic() - session.started,
             )
             await self._emit("closed", claims, session.peer)
-
-    async def _browser_to_target(self, ws: _Connection, target: _Target, session: _Session) -> None:
-        try:
-            while True:
-                data = await ws.recv(decode=False)
-                session.up += len(data)
-                session.last = time.monotonic()
-                if not await target.write(data):
-                    session.ended_by = "target"
-                    return
-        except ConnectionClosed:
-            session.ended_by = "browser"
-
-    async def _target_to_browser(self, ws: _Connection, target: _Target, session: _Session) -> None:
-        try:
-            while (data := await target.read()) is not None:
-                session.down += len(data)
-                await ws.send(data)
-            session.ended_by = "target"
-        except ConnectionClosed:
-            session.ended_by = "browser"
 
     async def _watchdog(self, session: _Session) -> None:
         while True:

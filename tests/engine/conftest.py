@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -55,6 +56,8 @@ def sqlite_url(tmp_path):
 
 def engine_client(url: str, **settings) -> TestClient:
     settings.setdefault("monitor", False)
+    settings.setdefault("proxy_port", None)
+    settings.setdefault("proxy_key_file", os.path.join(tempfile.mkdtemp(prefix="mc-key-"), "proxy.key"))
     app = make_app(Settings(db_url=url, admin_password=ADMIN[1], **settings))
     client = TestClient(app)
     client.auth = ADMIN

@@ -175,3 +175,81 @@ def test_tickets_need_a_running_vm_and_a_real_console(engine):
     assert reply.status_code == 422 and reply.json()["error"]["field"] == "ttl"
     reply = api.post(f"/api/v1/vms/{name}/consoles/vnc/ticket", json={"ttl": 7201})
     assert reply.status_code == 422
+
+
+def test_cli_console_and_audit(tmp_path, agent_proc):
+    """`multiconsole console NAME --protocol vnc --json` gives what vncdotool needs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from multiconsole.engine.app import Settings, make_app
+    from tests.engine.conftest import ADMIN
+    from tests.support.servers import ThreadServer
+
+    app = make_app(
+        Settings(db_url=f"sqlite:///{tmp_path / 'e.db'}", admin_password=ADMIN[1], monitor_interval=1)
+    )
+    server = ThreadServer(app).start()
+    env = {
+        **os.environ,
+        "MULTICONSOLE_URL": server.url,
+        "MULTICONSOLE_USER": ADMIN[0],
+        "MULTICONSOLE_PASSWORD": ADMIN[1],
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "multiconsole.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    name = f"it-cli-{time.monotonic_ns() % 10**6}"
+    try:
+        assert cli("cluster", "add", "c").returncode == 0
+        assert cli("host", "add", "h", f"127.0.0.1:{agent_proc.port}", "--cluster", "c").returncode == 0
+        r = cli(
+            "vm",
+            "create",
+            name,
+            "--cluster",
+            "c",
+            "--memory",
+            "64",
+            "--video",
+            "qxl",
+            "--console",
+            "spice",
+            "--console",
+            "vnc",
+        )
+        assert r.returncode == 0, r.stderr
+        assert cli("vm", "start", name).returncode == 0
+        r = cli("console", name, "--protocol", "vnc", "--json")
+        assert r.returncode == 0, r.stderr
+        t = json.loads(r.stdout)
+        assert set(t) >= {"host", "port", "tlsPort", "password", "expires"}
+        assert capture_screen(vnc_capture, t["port"], t["password"], tmp_path / "v.png") == 0
+        r = cli("console", name, "--protocol", "spice", "--vv", str(tmp_path / "s.vv"))
+        assert r.returncode == 0, r.stderr
+        keys = vv((tmp_path / "s.vv").read_text())
+        assert oct((tmp_path / "s.vv").stat().st_mode & 0o777) == "0o600"
+        assert capture_screen(spice_capture, int(keys["port"]), keys["password"], tmp_path / "s.png") == 0
+        r = cli("audit", "--vm", name, "--json")
+        assert r.returncode == 0, r.stderr
+        events = [e["event"] for e in json.loads(r.stdout)]
+        assert events.count("console ticket issued") == 2
+        r = cli("console", name, "--protocol", "spice", "--vv", "x.vv", "--open")
+        assert r.returncode == 2 and "choose one" in r.stderr
+    finally:
+        with httpx.Client(base_url=server.url, auth=ADMIN) as http:
+            http.post(f"/api/v1/vms/{name}/stop")
+        server.stop()

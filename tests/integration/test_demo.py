@@ -23,7 +23,7 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         "COLUMNS": "200",
     }
     env.pop("MULTICONSOLE_ADMIN_PASSWORD", None)
-    agent_port, engine_port = free_port(), free_port()
+    agent_port, engine_port, proxy_port = free_port(), free_port(), free_port()
     out = (tmp_path / "demo.out").open("w+")
     proc = subprocess.Popen(
         [
@@ -35,6 +35,8 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
             str(agent_port),
             "--engine-port",
             str(engine_port),
+            "--proxy-port",
+            str(proxy_port),
         ],
         stdin=subprocess.DEVNULL,
         stdout=out,

@@ -1,0 +1,125 @@
+"""The browser console: proxy tickets, the in-engine websocket proxy, and the noVNC page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session, sessionmaker
+
+from multiconsole.engine import api, consoles
+from multiconsole.engine.db import Host, User, Vm, VmConsole
+from multiconsole.engine.schemas import ProxyTicketIn, ProxyTicketOut
+from multiconsole.proxy import tickets
+from multiconsole.proxy.server import ProxyServer
+
+log = logging.getLogger(__name__)
+WEB = Path(__file__).parent / "web"
+# npm installs noVNC next to the project (scripts/setup.sh); the engine serves its ES modules.
+NOVNC_DIR = Path(__file__).resolve().parents[2] / "node_modules" / "@novnc" / "novnc"
+templates = Environment(loader=FileSystemLoader(WEB / "templates"), autoescape=select_autoescape(["html"]))
+PROXY_TICKET_TTL = 120
+
+
+def make_proxy(sessions: sessionmaker, key: bytes, origins: list[str], host: str, port: int) -> ProxyServer:
+    def still_there(claims: tickets.Claims) -> bool:
+        """The port must still be that VM's console on that host, the VM still running."""
+        with sessions() as session:
+            console = session.get(VmConsole, (claims.vm, claims.console))
+            vm = session.get(Vm, claims.vm)
+            if console is None or vm is None or vm.status not in consoles.RUNNING or vm.host_id is None:
+                return False
+            h = session.get(Host, vm.host_id)
+            return console.port == claims.port and h is not None and h.address == claims.host
+
+    async def target_check(claims: tickets.Claims) -> bool:
+        return await asyncio.to_thread(still_there, claims)
+
+    def record(event: str, claims: tickets.Claims | None, peer) -> None:
+        if claims is None or event not in ("opened", "refused", "failed"):
+            return
+        with sessions() as session:
+            vm = session.get(Vm, claims.vm)
+            address = peer[0] if isinstance(peer, tuple) else str(peer or "")
+            consoles.audit(
+                session,
+                f"browser console {event}",
+                claims.user,
+                vm,
+                claims.console,
+                address,
+                detail=f"ticket {claims.jti_prefix}",
+            )
+            session.commit()
+
+    async def on_session(event: str, claims, peer) -> None:
+        await asyncio.to_thread(record, event, claims, peer)
+
+    return ProxyServer(key, origins, host, port, target_check=target_check, on_session=on_session)
+
+
+router = APIRouter()
+
+
+@router.post("/api/v1/vms/{key}/consoles/vnc/proxy-ticket", response_model=ProxyTicketOut)
+def proxy_ticket(
+    key: str,
+    request: Request,
+    body: ProxyTicketIn | None = None,
+    session: Session = Depends(api.db, scope="function"),
+    user: User = Depends(api.current_user),
+):
+    """A VNC one-time password and a signed, single-use ticket for the websocket proxy."""
+    api.console_user_required(user)
+    proxy: ProxyServer | None = request.app.state.proxy
+    if proxy is None:
+        from multiconsole.engine.errors import EngineError
+
+        raise EngineError(None, "the browser console is off: this engine runs no websocket proxy", 409)
+    body = body or ProxyTicketIn()
+    t = consoles.issue_ticket(
+        session, request.app.state.agents, key, "vnc", user, PROXY_TICKET_TTL, None, body.take_over
+    )
+    vm = session.get(Vm, t["vm_id"])
+    host = session.get(Host, vm.host_id)
+    # The proxy runs beside the engine: it reaches the VNC port at the agent's address.
+    token, claims = tickets.issue(
+        request.app.state.proxy_key, vm.id, "vnc", host.address, t["port"], user.name, ttl=PROXY_TICKET_TTL
+    )
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    where = request.url.hostname or "127.0.0.1"
+    where = f"[{where}]" if ":" in where else where
+    return ProxyTicketOut(
+        url=f"{scheme}://{where}:{proxy.port}/{token}",
+        password=t["password"],
+        expires=t["expires"],
+        vm=vm.name,
+        vm_id=vm.id,
+    )
+
+
+@router.get("/console/{key}", response_class=HTMLResponse)
+def console_page(
+    key: str,
+    take_over: bool = False,
+    view_only: bool = False,
+    session: Session = Depends(api.db, scope="function"),
+    user: User = Depends(api.current_user),
+):
+    """The VNC console of a VM in the browser (noVNC)."""
+    api.console_user_required(user)
+    from multiconsole.engine.service import get_vm
+
+    vm = get_vm(session, key)
+    html = templates.get_template("console.html").render(
+        vm=vm.name,
+        take_over=take_over,
+        view_only=view_only,
+        novnc="/static/novnc",
+        api="/api/v1",
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
