@@ -9,8 +9,10 @@ body, sent instead of the upgrade. The target is the (host, port) of the ticket 
 else: no part of the URL, query or headers can choose it.
 
 A ticket is consumed when its upgrade is accepted (in ``process_response``, synchronously, so
-two racing requests with one ticket cannot both win). Then bytes are pumped both ways with
-backpressure on each side, until either side ends; both are then closed.
+two racing requests with one ticket cannot both win). Then bytes are relayed both ways in the
+transports' own callbacks (no queue or task per chunk; each chunk the target sends, at most
+256 KiB, becomes one binary frame), with flow control on each side, until either side ends;
+both are then closed.
 
 Logs carry the first 8 characters of a ticket's jti, never a ticket; websockets' own logger
 goes through a filter that blanks anything shaped like a ticket.
@@ -23,7 +25,6 @@ import inspect
 import logging
 import re
 import signal
-import struct
 import ssl as ssl_module
 import time
 from collections import Counter
@@ -41,10 +42,11 @@ from multiconsole.proxy.tickets import CLOCK_SKEW, Claims, TicketError, verify
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 6100
-WS_WRITE_LIMIT = 256 * 1024  # bytes buffered towards the browser before send() waits
+WS_WRITE_LIMIT = 256 * 1024  # bytes buffered towards the browser before we stop reading the target
 TARGET_WRITE_LIMIT = 256 * 1024  # bytes buffered towards the target before we stop reading frames
 MAX_FRAME = 1 << 20  # largest message accepted from a browser (noVNC sends small ones)
 PRUNE_EVERY = 30.0  # seconds between sweeps of the used-ticket set
+CLOSE_GRACE = 5.0  # seconds a closed session's target gets to take what was sent to it
 
 TargetCheck = Callable[[Claims], "bool | Awaitable[bool]"]
 SessionCallback = Callable[[str, "Claims | None", Any], "None | Awaitable[None]"]
@@ -169,20 +171,8 @@ class _Session:
         if ws.protocol.state is not OPEN:
             return  # closing: nothing more goes to the browser
         try:
-            # An unmasked binary frame written as header + payload: websockets' serializer
-            # would copy the payload twice more. Nothing else is in the frame: no extension
-            # is negotiated (compression=None) and the server never fragments.
-            n = len(data)
-            transport = ws.transport
-            if n < 126:
-                transport.write(bytes((0x82, n)) + data)
-            elif n < 16384:
-                transport.write(struct.pack("!BBH", 0x82, 126, n) + data)  # one packet
-            else:
-                transport.write(
-                    struct.pack("!BBH", 0x82, 126, n) if n < 65536 else struct.pack("!BBQ", 0x82, 127, n)
-                )
-                transport.write(data)
+            ws.protocol.send_binary(data)
+            ws.send_data()
         except Exception as err:  # a broken browser connection: end the session
             log.info("proxy: browser write failed (%s) jti=%s", type(err).__name__, self.claims.jti_prefix)
             self.end_target("browser")
@@ -521,6 +511,11 @@ class ProxyServer:
                 if w is not session.target_done:
                     w.cancel()
             target.close()  # flushes what is buffered for the target, then closes
+            if target.get_write_buffer_size():
+                loop.call_later(CLOSE_GRACE, target.abort)  # a target that stopped reading
+            # Read the browser again (a full target may have paused it) to get its close frame;
+            # what else it sends now is dropped, the target being closed.
+            ws.transport.resume_reading()
             reason = {"idle": "idle timeout", "lifetime": "session lifetime over"}.get(session.ended_by)
             await ws.close(1000, reason or "console closed")
             ws.session = None

@@ -253,3 +253,14 @@ def test_cli_console_and_audit(tmp_path, agent_proc):
         with httpx.Client(base_url=server.url, auth=ADMIN) as http:
             http.post(f"/api/v1/vms/{name}/stop")
         server.stop()
+
+
+def test_an_expired_console_password_is_refused(engine, tmp_path):
+    api = engine
+    name = f"it-exp-{time.monotonic_ns() % 10**6}"
+    start_vm(api, name)
+    vnc = ok(api.post(f"/api/v1/vms/{name}/consoles/vnc/ticket", json={"ttl": 2}))
+    spice = ok(api.post(f"/api/v1/vms/{name}/consoles/spice/ticket", json={"ttl": 2}))
+    time.sleep(3.5)
+    assert vnc_capture(vnc["port"], vnc["password"], tmp_path / "v.png") == 3
+    assert spice_capture(spice["port"], spice["password"], tmp_path / "s.png") == 1

@@ -9,8 +9,8 @@ import threading
 import time
 
 import httpx
+from vncdotool import api as vnc_api
 
-from tests.integration.clients import capture_screen, vnc_capture
 from tests.integration.conftest import ports, ticket
 
 
@@ -56,21 +56,29 @@ def test_console_connect_and_disconnect_events(agent_proc, agent, vms, tmp_path)
     vm_id, p = stats["vmId"], ports(stats)
     reader = EventReader(agent_proc.url)
     try:
-        # A client that only opens the connection: QEMU reports it connected.
+        # A TCP connection that never authenticates: an event, but not a console client.
         sock = socket.create_connection(("127.0.0.1", p["vnc"]))
         assert sock.recv(12).startswith(b"RFB ")
         event = reader.wait_for(vmId=vm_id, event="graphics", phase="connect")
         assert event["consoleType"] == "vnc" and event["clientIp"] == "127.0.0.1"
-        clients = agent.call("VM.getStats", vmID=vm_id)[0]["consoleClients"]
-        assert [(c["type"], c["ipAddress"]) for c in clients] == [("vnc", "127.0.0.1")]
+        assert agent.call("VM.getStats", vmID=vm_id)[0]["consoleClients"] == []
         sock.close()
         reader.wait_for(vmId=vm_id, event="graphics", phase="disconnect", consoleType="vnc")
-        assert agent.call("VM.getStats", vmID=vm_id)[0]["consoleClients"] == []
 
-        # A real client with a ticket goes through initialize (authenticated).
+        # A real client with a ticket, held open: initialize (authenticated), listed in stats.
         ticket(agent, vm_id, "vnc", "evtpass1")
-        assert capture_screen(vnc_capture, p["vnc"], "evtpass1", tmp_path / "v.png") == 0
-        reader.wait_for(vmId=vm_id, event="graphics", phase="initialize", consoleType="vnc")
+        client = vnc_api.connect(f"127.0.0.1::{p['vnc']}", password="evtpass1", timeout=10)
+        try:
+            client.captureScreen(str(tmp_path / "v.png"))
+            event = reader.wait_for(vmId=vm_id, event="graphics", phase="initialize", consoleType="vnc")
+            assert [(c["type"], c["ipAddress"]) for c in event["clients"]] == [("vnc", "127.0.0.1")]
+            clients = agent.call("VM.getStats", vmID=vm_id)[0]["consoleClients"]
+            assert [(c["type"], c["ipAddress"]) for c in clients] == [("vnc", "127.0.0.1")]
+        finally:
+            client.disconnect()
+        event = reader.wait_for(vmId=vm_id, event="graphics", phase="disconnect", consoleType="vnc")
+        assert event["clients"] == []
+        assert agent.call("VM.getStats", vmID=vm_id)[0]["consoleClients"] == []
 
         agent.call("VM.destroy", vmID=vm_id)
         reader.wait_for(vmId=vm_id, event="lifecycle", status="Down")

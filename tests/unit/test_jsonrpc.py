@@ -614,6 +614,7 @@ def test_schema_has_every_method_with_params_and_result(rpc):
         "100": "libvirt failed",
         "101": "the VM has no such device",
         "102": "the VM is not running",
+        "103": "a client is connected to the console",
     }
 
 

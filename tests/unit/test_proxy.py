@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -116,6 +117,13 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+async def eventually(condition: Callable[[], bool], seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def recv_exactly(ws: ClientConnection, n: int) -> bytes:
     data = bytearray()
     while len(data) < n:
@@ -141,11 +149,7 @@ def test_valid_ticket_relays_both_ways():
             assert env.a.connections == 1 and env.b.connections == 0
             assert bytes(env.a.received) == b"hello" + blob
             await asyncio.wait_for(env.a.eof.wait(), 5)  # browser gone -> target closed
-            for _ in range(50):
-                if [e for e, _, _ in env.events] == ["opened", "closed"]:
-                    break
-                await asyncio.sleep(0.02)
-            assert [e for e, _, _ in env.events] == ["opened", "closed"]
+            await eventually(lambda: [e for e, _, _ in env.events] == ["opened", "closed"])
             assert env.events[0][1].vm == "vm-1" and env.events[0][1].user == "alice@internal"
             stats = env.proxy.stats()
             assert stats["opened"] == 1 and stats["active"] == 0
@@ -502,3 +506,113 @@ def _closed(port: int) -> bool:
 def ticket_free(output: str, key: bytes) -> bool:
     """No ticket-shaped text in a log."""
     return "eyJ" not in output and key.hex() not in output
+
+
+# --- flow control and TLS -----------------------------------------------------------------
+
+
+class StalledTarget(Target):
+    """Accepts, sends the banner, then never reads: the proxy must stop reading the browser."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        writer.transport.pause_reading()
+        writer.write(self.banner)
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()  # until the test aborts it
+
+
+def test_backpressure_from_a_stalled_target():
+    async def scenario():
+        async with Env() as env:
+            stalled = await StalledTarget().start()
+            try:
+                async with env.connect(f"/{env.ticket(port=stalled.port)}") as ws:
+                    await recv_exactly(ws, len(BANNER))
+                    frame = os.urandom(65536)
+                    sent = 0
+
+                    async def flood():
+                        nonlocal sent
+                        while True:
+                            await ws.send(frame)
+                            sent += len(frame)
+
+                    task = asyncio.create_task(flood())
+                    await asyncio.sleep(1.5)
+                    stuck_at = sent
+                    await asyncio.sleep(0.5)
+                    assert sent == stuck_at  # the client is blocked, not buffering in the proxy
+                    (session,) = env.proxy._sessions
+                    buffered = session.target.get_write_buffer_size()
+                    assert buffered <= 2 * 1024 * 1024, buffered
+                    assert sent < 64 * 1024 * 1024, sent  # kernel buffers, not the proxy's memory
+                    task.cancel()
+                    # the stalled console goes away: the session ends promptly, both sides
+                    for w in stalled.writers:
+                        w.transport.abort()
+                    with pytest.raises(ConnectionClosed):
+                        await asyncio.wait_for(ws.recv(), 5)
+                    assert ws.close_code == 1000
+                await eventually(lambda: env.proxy.active == 0)
+            finally:
+                await stalled.close()
+
+    run(scenario)
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_wss(tmp_path: Path):
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario():
+        async with Env(ssl=server_ctx) as env:
+            url = f"wss://127.0.0.1:{env.proxy.port}/{env.ticket()}"
+            async with connect(url, origin=ORIGIN, ssl=client_ctx, compression=None) as ws:
+                assert await recv_exactly(ws, len(BANNER)) == BANNER
+                blob = os.urandom(2 * 1024 * 1024)
+                sender = asyncio.create_task(_send_in_frames(ws, blob, 65536))
+                assert await recv_exactly(ws, len(blob)) == blob
+                await sender
+
+    run(scenario)
