@@ -14,24 +14,9 @@ from urllib.parse import quote
 import typer
 
 from multiconsole.cli_engine import Run, _table, _text, command, usage_error
-from multiconsole.domain.devices import GraphicsType
-from multiconsole.wire.vvfile import ViewerFile, render
+from multiconsole.wire import vvfile
 
 Protocol = Literal["spice", "vnc"]
-
-
-def _viewer_file(t: dict) -> str:
-    return render(
-        ViewerFile(
-            protocol=GraphicsType(t["protocol"]),
-            host=t["address"],
-            port=t["port"],
-            password=t["password"],
-            ttl=t["ttl"],
-            title=t["vm"],
-            tls_port=t["tls_port"],
-        )
-    )
 
 
 def register(app: typer.Typer) -> None:
@@ -60,7 +45,7 @@ def register(app: typer.Typer) -> None:
             return
         t = run.post("vms", name, "consoles", protocol, "ticket", body={"ttl": ttl, "take_over": take_over})
         if vv is not None or open_viewer:
-            text = _viewer_file(t)
+            text = vvfile.from_ticket(t)
             if open_viewer:
                 viewer = shutil.which("remote-viewer")
                 if viewer is None:

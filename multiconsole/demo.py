@@ -16,10 +16,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from multiconsole.domain.devices import GraphicsType
 from multiconsole.engine import auth, db
 from multiconsole.paths import data_dir
-from multiconsole.wire.vvfile import ViewerFile, render
+from multiconsole.wire import vvfile
 
 DEMO_VM = {
     "name": "demo",
@@ -164,19 +163,7 @@ def run(
             proto = console["protocol"]
             t = api("POST", f"/vms/demo/consoles/{proto}/ticket", json={"ttl": ticket_ttl})
             vv = folder / f"demo-{proto}.vv"
-            vv.write_text(
-                render(
-                    ViewerFile(
-                        protocol=GraphicsType(proto),
-                        host=t["address"],
-                        port=t["port"],
-                        password=t["password"],
-                        ttl=ticket_ttl,
-                        title="demo",
-                        tls_port=t["tls_port"],
-                    )
-                )
-            )
+            vv.write_text(vvfile.from_ticket(t))
             vv.chmod(0o600)
             table.add_row(proto.upper(), t["address"], str(t["port"]), t["password"], str(vv))
             hints.append(f"remote-viewer {vv}")

@@ -38,6 +38,7 @@ from multiconsole.engine.schemas import (
     VmOut,
     VmPatch,
 )
+from multiconsole.wire import vvfile
 
 _basic = HTTPBasic(auto_error=False)
 MIME_VV = "application/x-virt-viewer"
@@ -301,7 +302,7 @@ def console_vv(
         session, request.app.state.agents, key, protocol, user, ttl, None, take_over
     )
     return Response(
-        consoles.viewer_file(ticket),
+        vvfile.from_ticket(ticket),
         media_type=MIME_VV,
         headers={
             "Content-Disposition": f'attachment; filename="{ticket["vm"]}-{ticket["protocol"]}.vv"',

@@ -25,7 +25,6 @@ from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, N
 from multiconsole.engine.hosts import Agents
 from multiconsole.engine.service import get_vm
 from multiconsole.wire.errors import ErrorCode
-from multiconsole.wire.vvfile import ViewerFile, render
 
 log = logging.getLogger(__name__)
 
@@ -207,22 +206,6 @@ def issue_ticket(
         "port": console.port,
         "tls_port": console.tls_port,
     }
-
-
-def viewer_file(ticket: dict[str, Any], proxy: str | None = None) -> str:
-    """The remote-viewer file for a ticket."""
-    return render(
-        ViewerFile(
-            protocol=GraphicsType(ticket["protocol"]),
-            host=ticket["address"],
-            port=ticket["port"],
-            password=ticket["password"],
-            ttl=ticket["ttl"],
-            title=ticket["vm"],
-            tls_port=ticket["tls_port"],
-            proxy=proxy,
-        )
-    )
 
 
 # --- sessions from the hosts' graphics events ------------------------------------------

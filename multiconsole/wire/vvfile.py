@@ -72,3 +72,19 @@ def render(vv: ViewerFile) -> str:
     if vv.proxy:
         body.append(f"proxy={_clean('proxy', vv.proxy)}")
     return "\n".join(body) + "\n"
+
+
+def from_ticket(ticket: dict, proxy: str | None = None) -> str:
+    """The file for a ticket as the engine's REST API returns it."""
+    return render(
+        ViewerFile(
+            protocol=GraphicsType(ticket["protocol"]),
+            host=ticket["address"],
+            port=ticket["port"],
+            password=ticket["password"],
+            ttl=ticket["ttl"],
+            title=ticket["vm"],
+            tls_port=ticket["tls_port"],
+            proxy=proxy,
+        )
+    )
