@@ -25,3 +25,4 @@ lint: setup
 bench: setup
 	@$(PY) bench/agent.py
 	@$(PY) bench/monitor.py
+	@$(PY) bench/proxy.py
