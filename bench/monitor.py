@@ -377,7 +377,7 @@ def setup_hosts(sessions, agents: list[Agent]) -> str:
         with sessions() as session:
             cluster = service.create_cluster(session, CLUSTER)
             for a in agents:
-                service.add_host(session, clients, a.name, "127.0.0.1", CLUSTER, port=a.port)
+                service.add_host(session, clients, a.name, "127.0.0.1", CLUSTER, port=a.port, insecure=True)
             session.commit()
             return cluster.id
     finally:

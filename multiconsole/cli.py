@@ -29,8 +29,17 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
         raise typer.BadParameter(f"{text!r} is not HOST:PORT") from None
 
 
-@app.command()
+agent_app = typer.Typer(
+    help="The host agent: run it (no subcommand), or get its certificate (enroll).",
+    invoke_without_command=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
 def agent(
+    ctx: typer.Context,
     libvirt_uri: str = typer.Option("qemu:///system", help="libvirt connection URI"),
     listen: str = typer.Option("0.0.0.0:54321", help="HOST:PORT to serve JSON-RPC on"),
     insecure: bool = typer.Option(False, help="serve plain HTTP without client certificates"),
@@ -39,8 +48,11 @@ def agent(
     pki_dir: Path = typer.Option(DEFAULT_PKI, help="agent-cert.pem, agent-key.pem and ca-cert.pem"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
-    """Run the host agent: VMs through libvirt, JSON-RPC for the engine."""
-    from multiconsole.agent.server import serve
+    """Run the host agent: VMs through libvirt, JSON-RPC for the engine (TLS with client
+    certificates, from `agent enroll`; plain HTTP with --insecure)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from multiconsole.agent.server import TlsSetupError, serve, tls_options
     from multiconsole.agent.vms import VmManager
 
     logs.setup(verbose)
@@ -49,23 +61,54 @@ def agent(
     host, port = _host_port(listen, 54321)
     tls = None
     if not insecure:
-        cert, key, ca = (pki_dir / n for n in ("agent-cert.pem", "agent-key.pem", "ca-cert.pem"))
-        missing = [str(p) for p in (cert, key, ca) if not p.exists()]
-        if missing:
-            typer.echo(
-                f"agent: no certificates ({', '.join(missing)} missing): enrol this host "
-                "or pass --insecure to serve plain HTTP",
-                err=True,
-            )
-            raise typer.Exit(2)
-        tls = {
-            "ssl_certfile": str(cert),
-            "ssl_keyfile": str(key),
-            "ssl_ca_certs": str(ca),
-            "ssl_cert_reqs": ssl.CERT_REQUIRED,
-        }
+        try:
+            tls = tls_options(pki_dir)
+        except TlsSetupError as err:
+            typer.echo(f"agent: {err}", err=True)
+            raise typer.Exit(2) from None
     manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen)
     serve(manager, host, port, tls)
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    engine: str = typer.Option(..., "--engine", help="the engine's URL, e.g. https://engine.example:8443"),
+    token: str = typer.Option(
+        ...,
+        "--token",
+        envvar="MULTICONSOLE_ENROLL_TOKEN",
+        help="the one-time token of `multiconsole host token`",
+    ),
+    pki_dir: Path = typer.Option(
+        DEFAULT_PKI, help="where to write agent-cert.pem, agent-key.pem, ca-cert.pem"
+    ),
+    address: list[str] = typer.Option(
+        None,
+        "--address",
+        help="a DNS name or IP address of this host for its certificate (repeat); default: its host names",
+    ),
+    ca_file: Path = typer.Option(None, help="the CA certificate to check an https:// engine with"),
+    ca_fingerprint: str = typer.Option(
+        None, help="sha256:... of the engine's CA, as `multiconsole host token` prints it: checked"
+    ),
+) -> None:
+    """Get this host's certificate from the engine with a one-time token; the key stays here."""
+    from multiconsole.agent.enroll import EnrollError, enroll
+
+    try:
+        done = enroll(engine, token, pki_dir, address or None, ca_file, ca_fingerprint)
+    except (EnrollError, OSError) as err:
+        typer.echo(f"agent enroll: {err}", err=True)
+        raise typer.Exit(1) from None
+    for warning in done.warnings:
+        typer.echo(f"agent enroll: warning: {warning}", err=True)
+    typer.echo(
+        f"enrolled as host {done.host}: certificate {done.fingerprint}, valid until "
+        f"{done.not_after:%Y-%m-%d}, names {', '.join(done.names) or '-'}\n"
+        f"written: {', '.join(str(f) for f in done.files)}\n"
+        f"next: run `multiconsole agent --pki-dir {pki_dir}` (restart it if it runs), then on the engine "
+        f"`multiconsole host add {done.host} ADDRESS --cluster CLUSTER`"
+    )
 
 
 def _origins(host: str, port: int) -> list[str]:
@@ -96,6 +139,9 @@ def engine(
         help="a URL browsers reach the engine at (repeat), for the proxy's Origin check; "
         "default: derived from --listen",
     ),
+    pki_dir: Path = typer.Option(
+        None, help="the engine's CA and client certificate (made on first start); default <data dir>/pki"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
     """Run the engine: REST API on SQLite or PostgreSQL, monitoring the hosts."""
@@ -115,8 +161,11 @@ def engine(
             proxy_port=proxy_port or None,
             proxy_host=host,
             allowed_origins=public_origin or _origins(host, port),
+            pki_dir=str(pki_dir) if pki_dir else None,
         )
     )
+    ca = application.state.ca
+    typer.echo(f"engine: certificate authority {ca.fingerprint} in {ca.directory}", err=True)
 
     generated = application.state.generated_admin_password
     if generated:

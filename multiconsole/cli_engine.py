@@ -420,7 +420,10 @@ def _host_details(run: Run, h: dict) -> None:
         ("status", h["status"]),
         ("console address", h.get("console_address")),
         ("last seen", h.get("last_seen")),
+        ("certificate", h.get("cert_fingerprint") or "none: plain HTTP (insecure)"),
     ]
+    if h.get("cert_expires"):
+        rows.append(("certificate expires", h["cert_expires"]))
     if caps:
         rows += [
             ("virtualization", caps.get("virtType")),
@@ -442,16 +445,45 @@ def host_add(
     console_address: Annotated[
         str | None, typer.Option("--console-address", help="address clients use for this host's consoles")
     ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="plain HTTP, for an agent run with --insecure (no enrolment)")
+    ] = False,
 ) -> None:
-    """Add a host: its agent must answer and speak the cluster's level."""
+    """Add a host: it must have enrolled (`host token`, then `agent enroll` on the host), its agent
+    must answer over TLS with that certificate and speak the cluster's level."""
     addr, port = split_address(address)
     body: dict[str, Any] = {"name": name, "address": addr, "cluster": cluster}
+    if insecure:
+        body["insecure"] = True
     if port is not None:
         body["port"] = port
     if console_address:
         body["console_address"] = console_address
     h = run.post("hosts", body=body)
     run.show(h, lambda: _host_details(run, h))
+
+
+@command(host_app, "token")
+def host_token(
+    run: Run,
+    name: Annotated[str, typer.Argument(help="the name the host will be added as")],
+    ttl: Annotated[int, typer.Option("--ttl", help="seconds the token is good for (at most 3600)")] = 3600,
+) -> None:
+    """Make a one-time token with which host NAME gets its certificate (`agent enroll`)."""
+    t = run.post("hosts", "enrollment-tokens", body={"host": name, "ttl": ttl})
+
+    def render() -> None:
+        run.say(f"token for host {t['host']}, good once until {t['expires']}:")
+        run.say(f"  {t['token']}")
+        run.say(f"engine CA: {t['ca_fingerprint']}")
+        run.say("on the host, as root:")
+        run.say(
+            f"  multiconsole agent enroll --engine {run.client.url} --token {t['token']} "
+            f"--ca-fingerprint {t['ca_fingerprint']} [--address ADDRESS]"
+        )
+        run.say(f"then here: multiconsole host add {t['host']} ADDRESS --cluster CLUSTER")
+
+    run.show(t, render)
 
 
 @command(host_app, "list")

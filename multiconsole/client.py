@@ -27,6 +27,8 @@ DEFAULT_USER = "admin@internal"
 ENV_URL = "MULTICONSOLE_URL"
 ENV_USER = "MULTICONSOLE_USER"
 ENV_PASSWORD = "MULTICONSOLE_PASSWORD"
+# A token from POST /api/v1/login, used instead of the password when set.
+ENV_TOKEN = "MULTICONSOLE_TOKEN"
 API_PREFIX = "/api/v1"
 # Starting a VM waits for the host's agent (the engine allows it 30 s).
 TIMEOUT = 60.0
@@ -169,10 +171,12 @@ class EngineClient:
         *,
         timeout: float = TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ):
         self.url = normalize_url(url)
         self.user = user
         self.password = password
+        self.token = token
         self._http = httpx.Client(timeout=timeout, transport=transport, auth=self._auth())
 
     @classmethod
@@ -181,10 +185,15 @@ class EngineClient:
     ) -> EngineClient:
         """A client for the engine that flags, environment and settings file point to."""
         conn = resolve(url, user, password)
+        if not password:  # a --password flag wins over a token from the environment
+            kw.setdefault("token", os.environ.get(ENV_TOKEN) or None)
         return cls(conn.url, conn.user, conn.password, **kw)
 
     def _auth(self) -> httpx.Auth | None:
-        """How the client proves who it is: the single place to change (HTTP Basic today)."""
+        """How the client proves who it is: the single place to change (a login token
+        as `Authorization: Bearer`, else HTTP Basic)."""
+        if self.token:
+            return _BearerAuth(self.token)
         if self.password is None:
             return None
         return httpx.BasicAuth(self.user, self.password)
@@ -246,6 +255,15 @@ class EngineClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, token: str):
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers["Authorization"] = self._header
+        yield request
 
 
 def _describe(err: Exception) -> str:

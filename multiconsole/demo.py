@@ -46,13 +46,13 @@ def _spawn(args: list[str], log_name: str) -> subprocess.Popen:
     )
 
 
-def _wait(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) -> None:
+def _wait(url: str, proc: subprocess.Popen, what: str, seconds: float = 90, verify=True) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DemoError(f"demo: the {what} exited (status {proc.returncode}); see {data_dir()}")
         try:
-            httpx.get(url, timeout=1)
+            httpx.get(url, timeout=1, verify=verify)
             return
         except httpx.HTTPError:
             time.sleep(0.2)
@@ -79,6 +79,42 @@ def _admin_password(db_url: str) -> str:
         session.commit()
     engine.dispose()
     return password
+
+
+def _enrol_local(api: Api, engine_url: str):
+    """The demo host's certificate from the engine's CA, in <data dir>/agent-pki: enrolled
+    (again) unless the host 'local' already has the certificate found there, not ending soon."""
+    from datetime import UTC, datetime, timedelta
+
+    from multiconsole import pki
+    from multiconsole.agent.enroll import AGENT_CERT, enroll
+
+    folder = data_dir() / "agent-pki"
+    host = api.find("/hosts", "local")
+    try:
+        cert = (folder / AGENT_CERT).read_bytes()
+        fresh = (
+            host is not None
+            and host.get("cert_fingerprint") == pki.fingerprint(cert)
+            and pki.load_cert(cert).not_valid_after_utc - datetime.now(UTC) > timedelta(days=30)
+        )
+    except (OSError, pki.PkiError):
+        fresh = False
+    if not fresh:
+        t = api("POST", "/hosts/enrollment-tokens", json={"host": "local"})
+        enroll(engine_url, t["token"], folder, ["127.0.0.1", "localhost"], ca_fingerprint=t["ca_fingerprint"])
+    return folder
+
+
+def _engine_tls():
+    """The engine's client side of TLS (its CA and certificate), to see the demo agent answer."""
+    import ssl
+
+    folder = data_dir() / "pki"
+    context = ssl.create_default_context(cafile=str(folder / "ca-cert.pem"))
+    context.check_hostname = False
+    context.load_cert_chain(folder / "engine-cert.pem", folder / "engine-key.pem")
+    return context
 
 
 class Api:
@@ -112,10 +148,6 @@ def run(
     engine_url = f"http://127.0.0.1:{engine_port}"
     procs = [
         _spawn(
-            ["agent", "--insecure", "--listen", f"127.0.0.1:{agent_port}", "--virt-type", virt_type],
-            "agent.log",
-        ),
-        _spawn(
             [
                 "engine",
                 "--db",
@@ -130,16 +162,23 @@ def run(
     ]
     api = None
     try:
-        with out.status("starting the agent and the engine"):
-            _wait(f"http://127.0.0.1:{agent_port}/health", procs[0], "agent")
-            _wait(f"{engine_url}/docs", procs[1], "engine")
+        with out.status("starting the engine"):
+            _wait(f"{engine_url}/docs", procs[0], "engine")
         from multiconsole.client import save_settings
 
         save_settings(engine_url, auth.ADMIN, password)
         api = Api(engine_url, password)
+        with out.status("enrolling the host and starting its agent (TLS with client certificates)"):
+            pki_dir = _enrol_local(api, engine_url)
+            agent = ["agent", "--pki-dir", str(pki_dir), "--listen", f"127.0.0.1:{agent_port}"]
+            procs.append(_spawn([*agent, "--virt-type", virt_type], "agent.log"))
+            _wait(f"https://127.0.0.1:{agent_port}/health", procs[1], "agent", verify=_engine_tls())
         with out.status("registering the host and the demo VM"):
             if api.find("/clusters", "Default") is None:
                 api("POST", "/clusters", json={"name": "Default", "compat_level": "4.7"})
+            old = api.find("/hosts", "local")
+            if old is not None and not old.get("cert_fingerprint"):
+                api("DELETE", "/hosts/local")  # added over plain HTTP by an earlier demo
             if api.find("/hosts", "local") is None:
                 api(
                     "POST",

@@ -13,11 +13,23 @@ SECRET_RE = re.compile(
     r"(?i)\b(passw(?:or)?d|passwd|ticket|token|secret)(['\"]?\s*[=:]\s*['\"]?)([^\s,'\"}&]+)"
 )
 
+# HTTP credentials: "Authorization: Basic dXNlcjpwdw==", "Bearer <token>".
+AUTH_RE = re.compile(
+    r"\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]{4,}"
+    r"|(?i:\b(authorization)(['\"]?\s*[=:]\s*['\"]?)(?:\w+\s+)?[^\s,'\"}&]+)"
+)
+
+
+def _auth_mask(m: re.Match) -> str:
+    if m.group(1):
+        return f"{m.group(1)}{m.group(2)}***"
+    return f"{m.group(3)}{m.group(4)}***"
+
 
 class MaskSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = SECRET_RE.sub(r"\1\2***", message)
+        masked = AUTH_RE.sub(_auth_mask, SECRET_RE.sub(r"\1\2***", message))
         if masked != message:
             record.msg, record.args = masked, ()
         return True

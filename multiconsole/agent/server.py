@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -63,6 +64,49 @@ def make_app(manager: VmManager) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+class TlsSetupError(Exception):
+    """The agent's certificates are missing or unusable."""
+
+
+def tls_options(pki_dir: Path) -> dict:
+    """uvicorn's TLS settings from an enrolled host's files: serve with agent-cert.pem and
+    agent-key.pem; require every client to present a certificate that ca-cert.pem (the
+    engine's CA) issued for client authentication and that is within its dates (OpenSSL
+    checks these in the handshake). Refuses to start on a missing or expired certificate."""
+    import ssl as _ssl
+    from datetime import UTC, datetime
+
+    from multiconsole import pki
+
+    cert, key, ca = (pki_dir / n for n in ("agent-cert.pem", "agent-key.pem", "ca-cert.pem"))
+    missing = [str(p) for p in (cert, key, ca) if not p.exists()]
+    if missing:
+        raise TlsSetupError(
+            f"no certificates ({', '.join(missing)} missing): enrol this host "
+            "(multiconsole agent enroll) or pass --insecure to serve plain HTTP"
+        )
+    try:
+        pem = cert.read_bytes()
+        info = pki.describe(pem)
+        if not pki.key_matches(pem, key.read_bytes()):
+            raise TlsSetupError(f"{key} is not the key of {cert}")
+        if not pki.issued_by(pem, ca.read_bytes()):
+            raise TlsSetupError(f"{cert} is not signed by {ca}")
+    except (OSError, pki.PkiError) as err:
+        raise TlsSetupError(str(err)) from None
+    left = info["not_after"] - datetime.now(UTC)
+    if left.total_seconds() <= 0:
+        raise TlsSetupError(f"{cert} expired on {info['not_after']:%Y-%m-%d}: enrol this host again")
+    if left.days < 30:
+        log.warning("the agent's certificate expires in %d days: enrol this host again", left.days)
+    return {
+        "ssl_certfile": str(cert),
+        "ssl_keyfile": str(key),
+        "ssl_ca_certs": str(ca),
+        "ssl_cert_reqs": _ssl.CERT_REQUIRED,
+    }
 
 
 def serve(manager: VmManager, host: str, port: int, ssl: dict | None = None) -> None:

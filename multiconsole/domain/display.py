@@ -171,7 +171,7 @@ def violations(display: DisplayConfig, os_type: str, cluster_level: str, arch: s
         out.append(FieldError("monitors", "SPICE allows 1, 2 or 4 monitors"))
     elif display.monitors > 1 and not graphics:
         out.append(FieldError("monitors", "a headless VM has no monitors"))
-    if display.keyboard_layout is not None and not KEYMAP_RE.match(display.keyboard_layout):
+    if display.keyboard_layout is not None and not KEYMAP_RE.fullmatch(display.keyboard_layout):
         out.append(FieldError("keyboard_layout", f"{display.keyboard_layout!r} is not a layout like en-us"))
     return out
 

@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db
+from multiconsole.engine import api, auth, browser, consoles, db, enrollment
 from multiconsole.engine.errors import EngineError
-from multiconsole.engine.hosts import Agents
+from multiconsole.engine.hosts import Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
+from multiconsole.pki import CertificateAuthority
 from multiconsole.proxy import tickets
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ class Settings:
     proxy_host: str = "127.0.0.1"
     proxy_key_file: str | None = None
     allowed_origins: list[str] = field(default_factory=list)
+    # Seconds a login token (POST /api/v1/login) is valid.
+    token_ttl: int = auth.TOKEN_TTL_DEFAULT
+    # Console tickets (ticket, .vv, proxy ticket) a user may get per minute.
+    ticket_rate_limit: int = 30
+    # The CA, the engine's client certificate: made on first start; default <data dir>/pki.
+    pki_dir: str | None = None
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -43,7 +50,9 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
 
 
 def _engine_error(_request: Request, exc: EngineError) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Basic realm="multiconsole"'} if exc.status == 401 else None
+    headers = getattr(exc, "headers", None)
+    if exc.status == 401 and not headers:
+        headers = {"WWW-Authenticate": 'Basic realm="multiconsole"'}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -58,6 +67,12 @@ def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         EngineError(None, "internal error; see the engine's log", 500).body(), status_code=500
     )
+
+
+def _certificate_authority(settings: Settings) -> CertificateAuthority:
+    from multiconsole.paths import data_dir
+
+    return CertificateAuthority.load_or_create(settings.pki_dir or data_dir() / "pki")
 
 
 def make_app(settings: Settings) -> FastAPI:
@@ -90,19 +105,27 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.db_engine = engine
-    app.state.agents = Agents()
-    app.state.monitor = Monitor(sessions, interval=settings.monitor_interval)
+    app.state.ca = _certificate_authority(settings)
+    app.state.engine_tls = EngineTls.from_ca(app.state.ca)
+    app.state.agents = Agents(tls=app.state.engine_tls)
+    app.state.monitor = Monitor(
+        sessions, interval=settings.monitor_interval, agents=Agents(timeout=5.0, tls=app.state.engine_tls)
+    )
     app.state.monitor.listeners.append(
         lambda host_id, event: consoles.on_agent_event(sessions, host_id, event)
     )
     app.state.generated_admin_password = generated
     app.state.proxy = None
+    app.state.ticket_limiter = auth.RateLimiter(settings.ticket_rate_limit, 60.0)
     app.state.proxy_key = tickets.load_or_create_key(settings.proxy_key_file or tickets.default_key_path())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.include_router(api.public)
     app.include_router(api.router)
+    app.include_router(enrollment.admin)
+    app.include_router(enrollment.public)
     app.include_router(browser.router)
     if browser.NOVNC_DIR.is_dir():
         app.mount("/static/novnc", StaticFiles(directory=browser.NOVNC_DIR), name="novnc")

@@ -1,6 +1,11 @@
-"""Who is calling: local users with argon2-hashed passwords, HTTP Basic for now.
+"""Who is calling: local users with argon2-hashed passwords, login tokens, rate limits.
 
-The security work adds tokens, roles and permissions behind `current_user`.
+A request proves who it is with HTTP Basic (user name and password) or with a bearer token
+from ``POST /api/v1/login``. Tokens are 32 random bytes; the database keeps only their
+SHA-256 and their expiry, so a copy of it opens nothing. What a user may do is decided by
+their roles, granted on the system, a cluster, a VM or a template (engine/permissions.py).
+
+Nothing here logs or echoes a password, a token or a ticket.
 """
 
 from __future__ import annotations
@@ -9,13 +14,16 @@ import hashlib
 import secrets
 import threading
 import time
+from collections import deque
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, object_session
 
-from multiconsole.engine.db import User
+from multiconsole.engine.db import LoginToken, Permission, User, now, utc
+from multiconsole.engine.errors import EngineError
 
 ADMIN = "admin@internal"
 # Roles. The admin may do everything; the others add up.
@@ -25,13 +33,75 @@ CONSOLE_USER = "console_user"  # open consoles
 CONSOLE_RECONNECT = "console_reconnect"  # take over another user's console
 ROLES = (ROLE_ADMIN, VM_OPERATOR, CONSOLE_USER, CONSOLE_RECONNECT)
 
+TOKEN_TTL_DEFAULT = 8 * 3600
+TOKEN_BYTES = 32
+MAX_TOKEN_LENGTH = 256
+REALM = 'realm="multiconsole"'
+
+
+class Unauthorized(EngineError):
+    """401: who is calling is unknown; the challenge names how to log in."""
+
+    status = 401
+
+    def __init__(self, reason: str, scheme: str = "Basic"):
+        super().__init__(None, reason)
+        if scheme == "Bearer":
+            self.headers = {"WWW-Authenticate": f'Bearer {REALM}, error="invalid_token"'}
+        else:
+            self.headers = {"WWW-Authenticate": f"Basic {REALM}"}
+
+
+class TooManyRequests(EngineError):
+    status = 429
+
+    def __init__(self, reason: str, retry_after: float):
+        super().__init__(None, reason)
+        self.headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+
+
+def system_roles(session: Session, user: User) -> list[str]:
+    """The roles granted to `user` on the whole system."""
+    rows = session.scalars(
+        select(Permission.role).where(Permission.user_id == user.id, Permission.object_type == "system")
+    )
+    return sorted(set(rows))
+
 
 def has_role(user: User, role: str) -> bool:
-    roles = user.roles or []
+    """A system-wide grant of `role` (or of admin). Roles on one VM: permissions.Grants."""
+    session = object_session(user)
+    if session is None:
+        return False
+    roles = system_roles(session, user)
     return ROLE_ADMIN in roles or role in roles
 
 
+def grant(session: Session, user: User, role: str, object_type: str = "system", object_id: str | None = None):
+    """Give `user` a role (once: an existing grant is returned as it is)."""
+    if role not in ROLES:
+        raise ValueError(f"no role {role!r}")
+    found = session.scalar(
+        select(Permission).where(
+            Permission.user_id == user.id,
+            Permission.role == role,
+            Permission.object_type == object_type,
+            Permission.object_id.is_(None) if object_id is None else Permission.object_id == object_id,
+        )
+    )
+    if found is not None:
+        return found
+    p = Permission(user_id=user.id, role=role, object_type=object_type, object_id=object_id)
+    session.add(p)
+    session.flush()
+    return p
+
+
+# --- passwords ---------------------------------------------------------------------------
+
 _hasher = PasswordHasher()
+# Verifying a password against this costs what a real one does: a missing user is not faster.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 # Verifying argon2 costs tens of milliseconds by design: remember good logins briefly.
 _CACHE_SECONDS = 60.0
 _cache: dict[str, float] = {}
@@ -49,17 +119,25 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
     generated = None
     if not password:
         password = generated = secrets.token_urlsafe(12)
-    session.add(User(name=ADMIN, password_hash=hash_password(password), roles=[ROLE_ADMIN]))
+    user = User(name=ADMIN, password_hash=hash_password(password))
+    session.add(user)
+    session.flush()
+    grant(session, user, ROLE_ADMIN)
     session.commit()
     return generated
 
 
 def set_password(session: Session, name: str, password: str) -> None:
+    """Set (or create the user with) this password; the user's login tokens end."""
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
-        user = User(name=name, password_hash="", roles=[ROLE_ADMIN] if name == ADMIN else [])
+        user = User(name=name, password_hash="")
         session.add(user)
+        session.flush()
+        if name == ADMIN:
+            grant(session, user, ROLE_ADMIN)
     user.password_hash = hash_password(password)
+    session.execute(delete(LoginToken).where(LoginToken.user_id == user.id))
     with _cache_lock:
         _cache.clear()
 
@@ -67,6 +145,10 @@ def set_password(session: Session, name: str, password: str) -> None:
 def verify(session: Session, name: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
+        try:
+            _hasher.verify(_DUMMY_HASH, password)
+        except (VerificationError, InvalidHashError):
+            pass
         return None
     key = hashlib.sha256(f"{user.id}\0{user.password_hash}\0{password}".encode()).hexdigest()
     with _cache_lock:
@@ -77,5 +159,94 @@ def verify(session: Session, name: str, password: str) -> User | None:
     except (VerificationError, InvalidHashError):
         return None
     with _cache_lock:
+        if len(_cache) > 10000:
+            _cache.clear()
         _cache[key] = time.monotonic() + _CACHE_SECONDS
     return user
+
+
+def forget_cached_logins() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+# --- login tokens --------------------------------------------------------------------------
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def issue_token(session: Session, user: User, ttl: int = TOKEN_TTL_DEFAULT) -> tuple[str, datetime]:
+    """A fresh bearer token for `user`, valid `ttl` seconds; only its hash is stored."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    expires = now() + timedelta(seconds=ttl)
+    # Expired tokens of anybody are of no use: sweep them while we are here.
+    session.execute(delete(LoginToken).where(LoginToken.expires_at <= now()))
+    session.add(LoginToken(user_id=user.id, token_hash=_token_hash(token), expires_at=expires))
+    session.flush()
+    return token, expires
+
+
+def user_for_token(session: Session, token: str) -> User:
+    """The user a token was issued to; Unauthorized if it is unknown, revoked or expired."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthorized("log in: the token is not valid; POST /api/v1/login for a new one", "Bearer")
+    row = session.scalar(select(LoginToken).where(LoginToken.token_hash == _token_hash(token)))
+    if row is None:
+        raise Unauthorized(
+            "log in: the token is not valid (never issued, or revoked by a logout); "
+            "POST /api/v1/login for a new one",
+            "Bearer",
+        )
+    expires = utc(row.expires_at)
+    if expires <= now():
+        session.delete(row)
+        session.commit()
+        raise Unauthorized(
+            f"log in: the token expired at {expires:%Y-%m-%d %H:%M:%S} UTC; POST /api/v1/login for a new one",
+            "Bearer",
+        )
+    user = session.get(User, row.user_id)
+    if user is None:
+        raise Unauthorized("log in: the token's user no longer exists", "Bearer")
+    return user
+
+
+def revoke_token(session: Session, token: str) -> bool:
+    result = session.execute(delete(LoginToken).where(LoginToken.token_hash == _token_hash(token)))
+    return bool(result.rowcount)
+
+
+def revoke_all(session: Session, user: User) -> int:
+    result = session.execute(delete(LoginToken).where(LoginToken.user_id == user.id))
+    return result.rowcount or 0
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """At most `limit` events per `window` seconds per key (a sliding window, in memory)."""
+
+    def __init__(self, limit: int, window: float = 60.0, clock=time.monotonic):
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str) -> float | None:
+        """Count one event; None if allowed, else the seconds until the next one would be."""
+        t = self.clock()
+        with self._lock:
+            events = self._events.setdefault(key, deque())
+            while events and events[0] <= t - self.window:
+                events.popleft()
+            if len(events) >= self.limit:
+                return events[0] + self.window - t
+            events.append(t)
+            if len(self._events) > 10000:  # drop keys whose window is empty
+                for k in [k for k, q in self._events.items() if not q or q[-1] <= t - self.window]:
+                    del self._events[k]
+            return None

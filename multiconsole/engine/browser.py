@@ -6,13 +6,14 @@ import asyncio
 import logging
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session, sessionmaker
 
-from multiconsole.engine import api, consoles
-from multiconsole.engine.db import Host, User, Vm, VmConsole
+from multiconsole.engine import api, consoles, permissions
+from multiconsole.engine.db import Host, Vm, VmConsole
+from multiconsole.engine.permissions import Grants
 from multiconsole.engine.schemas import ProxyTicketIn, ProxyTicketOut
 from multiconsole.proxy import tickets
 from multiconsole.proxy.server import ProxyServer
@@ -27,14 +28,17 @@ PROXY_TICKET_TTL = 120
 
 def make_proxy(sessions: sessionmaker, key: bytes, origins: list[str], host: str, port: int) -> ProxyServer:
     def still_there(claims: tickets.Claims) -> bool:
-        """The port must still be that VM's console on that host, the VM still running."""
+        """The port must still be that VM's console on that host, the VM still running, and
+        the ticket's user must still have console_user on that VM."""
         with sessions() as session:
             console = session.get(VmConsole, (claims.vm, claims.console))
             vm = session.get(Vm, claims.vm)
             if console is None or vm is None or vm.status not in consoles.RUNNING or vm.host_id is None:
                 return False
             h = session.get(Host, vm.host_id)
-            return console.port == claims.port and h is not None and h.address == claims.host
+            if console.port != claims.port or h is None or h.address != claims.host:
+                return False
+            return permissions.user_may_open_console(session, claims.user, vm.id)
 
     async def target_check(claims: tickets.Claims) -> bool:
         return await asyncio.to_thread(still_there, claims)
@@ -69,21 +73,26 @@ router = APIRouter()
 def proxy_ticket(
     key: str,
     request: Request,
+    response: Response,
     body: ProxyTicketIn | None = None,
     session: Session = Depends(api.db, scope="function"),
-    user: User = Depends(api.current_user),
+    g: Grants = Depends(api.grants),
 ):
-    """A VNC one-time password and a signed, single-use ticket for the websocket proxy."""
-    api.console_user_required(user)
+    """A VNC one-time password and a signed, single-use ticket for the websocket proxy,
+    naming this VM's console and nothing else."""
+    vm = api.console_vm(session, g, key)
+    user = g.user
     proxy: ProxyServer | None = request.app.state.proxy
     if proxy is None:
         from multiconsole.engine.errors import EngineError
 
         raise EngineError(None, "the browser console is off: this engine runs no websocket proxy", 409)
     body = body or ProxyTicketIn()
+    api.ticket_rate(request, user)
     t = consoles.issue_ticket(
-        session, request.app.state.agents, key, "vnc", user, PROXY_TICKET_TTL, None, body.take_over
+        session, request.app.state.agents, vm.id, "vnc", user, PROXY_TICKET_TTL, None, body.take_over
     )
+    response.headers.update(api.NO_STORE)
     vm = session.get(Vm, t["vm_id"])
     host = session.get(Host, vm.host_id)
     # The proxy runs beside the engine: it reaches the VNC port at the agent's address.
@@ -108,13 +117,10 @@ def console_page(
     take_over: bool = False,
     view_only: bool = False,
     session: Session = Depends(api.db, scope="function"),
-    user: User = Depends(api.current_user),
+    g: Grants = Depends(api.grants),
 ):
     """The VNC console of a VM in the browser (noVNC)."""
-    api.console_user_required(user)
-    from multiconsole.engine.service import get_vm
-
-    vm = get_vm(session, key)
+    vm = api.console_vm(session, g, key)
     html = templates.get_template("console.html").render(
         vm=vm.name,
         take_over=take_over,

@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session, object_session, selectinload, sessionmaker
 
 from multiconsole.domain.devices import GraphicsType
 from multiconsole.domain.display import DisplayConfig, multi_console
-from multiconsole.engine import auth
+from multiconsole.engine import permissions
 from multiconsole.engine.broker import AgentCallError
 from multiconsole.engine.db import AuditEntry, Host, User, Vm, VmConsole, now, utc
 from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, NotFound
@@ -91,8 +91,8 @@ def _policy(vm: Vm, console: VmConsole, user: User, take_over: bool, requested: 
     """What happens to a client already connected: refuse, or the SPICE 'connected' action."""
     holder = console.holder
     if holder and holder != user.name:
-        allowed = DisplayConfig.from_json(vm.display).allow_reconnect or auth.has_role(
-            user, auth.CONSOLE_RECONNECT
+        allowed = DisplayConfig.from_json(vm.display).allow_reconnect or permissions.may_take_over(
+            object_session(vm), user, vm
         )
         since = utc(console.connected_at)
         held = (
@@ -103,8 +103,8 @@ def _policy(vm: Vm, console: VmConsole, user: User, take_over: bool, requested: 
         if not allowed:
             raise EngineError(
                 "take_over",
-                f"{held}; taking it over needs the console-reconnect "
-                "permission or the VM's allow-console-reconnect setting",
+                f"{held}; taking it over needs console_reconnect on the VM "
+                "or the VM's allow-console-reconnect setting",
                 403,
             )
         if not take_over:
@@ -249,9 +249,13 @@ def audit_entries(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 100,
+    scope: ColumnElement[bool] | None = None,
 ) -> list[AuditEntry]:
-    """Entries matching every filter given, the newest `limit` of them in time order."""
+    """Entries matching every filter given, the newest `limit` of them in time order;
+    `scope` limits them to what one user may read (permissions.Grants.audit_filter)."""
     q = select(AuditEntry)
+    if scope is not None:
+        q = q.where(scope)
     if vm:
         q = q.where((AuditEntry.vm_id == vm) | (AuditEntry.vm_name == vm))
     if user:

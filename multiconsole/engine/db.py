@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     create_engine,
     event,
 )
@@ -49,9 +50,37 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
-    # admin, vm_operator, console_user, console_reconnect
-    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Permission(Base):
+    """A role granted to a user on the whole system, a cluster, a VM or a template.
+
+    A user's roles on a VM add up from the system, the VM's cluster and the VM; on a
+    template from the system, the template's cluster and the template (engine/permissions.py).
+    """
+
+    __tablename__ = "permissions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # admin, vm_operator, console_user, console_reconnect
+    role: Mapped[str] = mapped_column(String(32))
+    # system, cluster, vm, template
+    object_type: Mapped[str] = mapped_column(String(16))
+    # None for system; else the id of the cluster, VM or template
+    object_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class LoginToken(Base):
+    """A bearer token from POST /login: only its SHA-256 is stored, with its expiry."""
+
+    __tablename__ = "login_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Cluster(Base):
@@ -77,7 +106,27 @@ class Host(Base):
     console_address: Mapped[str | None] = mapped_column(String(255))
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_seen: Mapped[datetime | None] = mapped_column()
+    # The certificate the host enrolled with (PEM) and its 'sha256:...' fingerprint, which
+    # the agent must present; None for a host added as insecure (plain HTTP).
+    certificate: Mapped[str | None] = mapped_column(Text)
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(80))
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")
+
+
+class EnrollmentToken(Base):
+    """A one-time token with which the host `host_name` gets its certificate; only its SHA-256
+    is stored. Once used it keeps the certificate issued, for adding (or renewing) the host."""
+
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    host_name: Mapped[str] = mapped_column(String(64), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+    certificate: Mapped[str | None] = mapped_column(Text)
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(80))
 
 
 class Template(Base):

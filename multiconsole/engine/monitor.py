@@ -21,6 +21,7 @@ from sqlalchemy.orm import selectinload, sessionmaker
 from multiconsole.engine import service
 from multiconsole.engine.broker import AgentCallError, AgentClient
 from multiconsole.engine.db import Host, Vm, now, utc
+from multiconsole.engine.hosts import Agents
 
 log = logging.getLogger(__name__)
 POLLED = ("Up", "NonResponsive")
@@ -36,7 +37,9 @@ class Monitor:
         timeout: float = 5.0,
         workers: int = 8,
         follow_events: bool = True,
+        agents: Agents | None = None,
     ):
+        """`agents`: the monitor's own clients of the agents (TLS set up), closed by stop()."""
         self.sessions = sessions
         self.interval = interval
         self.max_failures = max_failures
@@ -45,7 +48,7 @@ class Monitor:
         self.follow_events = follow_events
         self.cycles = 0
         self.listeners: list = []  # called with (host_id, event) for every agent event
-        self._clients: dict[str, AgentClient] = {}
+        self.agents = agents or Agents(timeout=timeout)
         self._followers: dict[str, _Follower] = {}
         self._wake = threading.Event()
         self._woken: set[str] = set()
@@ -66,8 +69,7 @@ class Monitor:
             f.stop()
         if self._thread:
             self._thread.join(10)
-        for c in self._clients.values():
-            c.close()
+        self.agents.close()
 
     def poke(self, host_id: str | None = None) -> None:
         """Poll soon: one host, or all of them."""
@@ -113,21 +115,16 @@ class Monitor:
         return len(host_ids)
 
     def _client(self, host: Host) -> AgentClient:
-        key = f"{host.id}:{host.address}:{host.port}"
-        if key not in self._clients:
-            from multiconsole.engine.hosts import Agents
-
-            self._clients[key] = AgentClient(Agents.url(host.address, host.port), timeout=self.timeout)
-        return self._clients[key]
+        return self.agents.for_host(host)
 
     def poll(self, host_id: str) -> None:
         with self.sessions() as session:
             host = session.get(Host, host_id)
             if host is None or host.status not in POLLED:
                 return
-            client = self._client(host)
             asked_at = now()
             try:
+                client = self._client(host)
                 stats = client.call("Host.getAllVmStats")
                 if self.cycles % CAPS_EVERY == 0 or host.status != "Up":
                     host.capabilities = client.call("Host.getCapabilities")
@@ -188,13 +185,18 @@ class Monitor:
             if host_id not in host_ids:
                 self._followers.pop(host_id).stop()
         with self.sessions() as session:
-            for host_id in host_ids - set(self._followers):
-                host = session.get(Host, host_id)
-                if host is not None:
-                    from multiconsole.engine.hosts import Agents
-
-                    url = Agents.url(host.address, host.port)
-                    self._followers[host_id] = _Follower(host_id, url, self._on_event)
+            for host in session.scalars(select(Host).where(Host.id.in_(list(host_ids)))):
+                host_id = host.id
+                follower = self._followers.get(host_id)
+                if follower is not None and follower.key == _follow_key(host):
+                    continue
+                if follower is not None:  # the host's address or certificate changed
+                    follower.stop()
+                try:
+                    client = self.agents.for_host(host)
+                except httpx.HTTPError:
+                    continue
+                self._followers[host_id] = _Follower(host_id, client, self._on_event, _follow_key(host))
 
     def _on_event(self, host_id: str, event: dict) -> None:
         for listener in self.listeners:
@@ -205,11 +207,15 @@ class Monitor:
         self.poke(host_id)
 
 
+def _follow_key(host: Host) -> tuple:
+    return (host.address, host.port, host.cert_fingerprint)
+
+
 class _Follower:
     """Reads one agent's server-sent events on a thread, reconnecting when it drops."""
 
-    def __init__(self, host_id: str, url: str, on_event):
-        self.host_id, self.url, self.on_event = host_id, url, on_event
+    def __init__(self, host_id: str, client: AgentClient, on_event, key: tuple = ()):
+        self.host_id, self.client, self.on_event, self.key = host_id, client, on_event, key
         self._stop = threading.Event()
         threading.Thread(target=self._run, name=f"events-{host_id[:8]}", daemon=True).start()
 
@@ -219,9 +225,7 @@ class _Follower:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with httpx.stream(
-                    "GET", f"{self.url}/events", timeout=httpx.Timeout(5.0, read=60.0)
-                ) as reply:
+                with self.client.events() as reply:
                     for line in reply.iter_lines():
                         if self._stop.is_set():
                             return

@@ -16,6 +16,7 @@ Name = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
 OptionalName = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN)
 SpiceChannel = Literal[SPICE_CHANNELS]  # type: ignore[valid-type]
 Level = Literal[CLUSTER_LEVELS]  # type: ignore[valid-type]
+Role = Literal["admin", "vm_operator", "console_user", "console_reconnect"]
 
 
 Time = Annotated[datetime, AfterValidator(utc)]
@@ -64,6 +65,9 @@ class HostIn(In):
     port: int = Field(54321, ge=1, le=65535)
     cluster: str = Field(min_length=1, max_length=64)
     console_address: str | None = Field(None, max_length=255)
+    insecure: bool = Field(
+        False, description="plain HTTP to an agent run with --insecure; else the host must have enrolled"
+    )
 
 
 class HostOut(BaseModel):
@@ -76,10 +80,15 @@ class HostOut(BaseModel):
     console_address: str | None
     last_seen: Time | None
     capabilities: dict[str, Any]
+    # The certificate the host enrolled with (None: reached over plain HTTP).
+    cert_fingerprint: str | None = None
+    cert_expires: Time | None = None
 
     @classmethod
     def of(cls, h: Host) -> HostOut:
         return cls(
+            cert_fingerprint=h.cert_fingerprint,
+            cert_expires=_cert_expires(h.certificate),
             id=h.id,
             name=h.name,
             address=h.address,
@@ -90,6 +99,17 @@ class HostOut(BaseModel):
             last_seen=h.last_seen,
             capabilities=h.capabilities or {},
         )
+
+
+def _cert_expires(pem: str | None) -> datetime | None:
+    if not pem:
+        return None
+    from multiconsole.pki import PkiError, load_cert
+
+    try:
+        return load_cert(pem).not_valid_after_utc
+    except PkiError:
+        return None
 
 
 class DisplayFields(In):
@@ -312,15 +332,54 @@ class TicketOut(BaseModel):
 class UserIn(In):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
     password: str = Field(min_length=8, max_length=256)
-    roles: list[Literal["admin", "vm_operator", "console_user", "console_reconnect"]] = Field(
-        default_factory=lambda: ["console_user"]
+    roles: list[Role] = Field(
+        default_factory=list,
+        max_length=4,
+        description="roles on the whole system; grant roles on one cluster, VM or template "
+        "with POST /permissions",
     )
 
 
 class UserOut(BaseModel):
     id: str
     name: str
-    roles: list[str]
+    roles: list[str] = Field(description="roles on the whole system")
+
+
+class LoginIn(In):
+    name: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class LoginOut(BaseModel):
+    token: str = Field(description="send it as `Authorization: Bearer <token>`")
+    expires: Time
+    user: str
+
+
+class PermissionIn(In):
+    user: str = Field(min_length=1, max_length=128, description="the user's name or id")
+    role: Role
+    object_type: Literal["system", "cluster", "vm", "template"] = "system"
+    object: str | None = Field(
+        None, min_length=1, max_length=64, description="the cluster's, VM's or template's name or id"
+    )
+
+
+class PermissionOut(BaseModel):
+    id: int
+    user: str
+    role: str
+    object_type: str
+    object_id: str | None
+    object_name: str | None
+
+
+class MeOut(BaseModel):
+    id: str
+    name: str
+    roles: list[str] = Field(description="roles on the whole system")
+    permissions: list[PermissionOut]
 
 
 class ConsoleState(BaseModel):

@@ -21,14 +21,15 @@ from multiconsole.domain.display import (
     ARCHES,
     CLUSTER_LEVELS,
     OS_TYPES,
+    DisconnectAction,
     DisplayConfig,
     multi_console,
     violations,
 )
 from multiconsole.domain.errors import FieldError
 from multiconsole.engine import builder
-from multiconsole.engine.broker import AgentCallError
-from multiconsole.engine.db import AuditEntry, Cluster, Host, Template, Vm, VmConsole, now
+from multiconsole.engine.broker import AgentCallError, CertificateMismatch
+from multiconsole.engine.db import AuditEntry, Cluster, EnrollmentToken, Host, Template, Vm, VmConsole, now
 from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, NotFound
 from multiconsole.engine.hosts import Agents
 from multiconsole.wire.stats import consoles_from_stats
@@ -36,7 +37,7 @@ from multiconsole.wire.stats import consoles_from_stats
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]{1,255}$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.:\-\[\]]{0,254}$")
 RUNNING = ("PoweringUp", "Up", "Paused", "PoweringDown", "Unknown", "Migrating")
 # Agent status -> engine status.
 AGENT_STATUS = {
@@ -50,7 +51,7 @@ AGENT_STATUS = {
 
 
 def check_name(name: str, field: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise EngineError(
             field,
             "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -106,7 +107,7 @@ def create_cluster(
 
 
 def _check_address(address: str | None, field: str) -> None:
-    if address is not None and not ADDRESS_RE.match(address):
+    if address is not None and not ADDRESS_RE.fullmatch(address):
         raise EngineError(field, f"{address!r} is not a host name or IP address", 422)
 
 
@@ -134,8 +135,13 @@ def add_host(
     cluster: str,
     port: int = 54321,
     console_address: str | None = None,
+    insecure: bool = False,
 ) -> Host:
-    """Register a host: its agent must answer, and it must speak the cluster's level."""
+    """Register a host: its agent must answer, and it must speak the cluster's level.
+
+    The host must have enrolled (a certificate from the engine's CA for this name): the
+    engine then reaches its agent over TLS and accepts only that certificate. `insecure`:
+    plain HTTP, for an agent run with --insecure."""
     check_name(name)
     _check_address(address, "address")
     _check_address(console_address, "console_address")
@@ -145,12 +151,25 @@ def add_host(
     c = get_cluster(session, cluster)
     if session.scalar(select(Host).where(Host.address == address, Host.port == port)):
         raise Conflict("address", f"a host at {address}:{port} is already registered")
+    certificate = fingerprint = None
+    if not insecure:
+        enrolment = host_enrolment(session, name)
+        if enrolment is None:
+            raise EngineError(
+                "name",
+                f"host {name!r} has not enrolled: make a token (multiconsole host token {name}), run "
+                "`multiconsole agent enroll` on the host, then add it; or add it as insecure if its "
+                "agent runs with --insecure",
+                422,
+            )
+        certificate, fingerprint = enrolment.certificate, enrolment.cert_fingerprint
     try:
-        caps = agents.for_address(address, port).call("Host.getCapabilities")
+        caps = agents.for_address(address, port, fingerprint, name).call("Host.getCapabilities")
+    except CertificateMismatch as err:
+        raise EngineError("address", str(err), 422) from None
     except (httpx.HTTPError, AgentCallError, ValueError) as err:
-        raise EngineError(
-            "address", f"no agent answers at {agents.url(address, port)}: {_short(err)}", 422
-        ) from None
+        url = agents.url(address, port, tls=fingerprint is not None)
+        raise EngineError("address", f"no agent answers at {url}: {_short(err)}", 422) from None
     if not host_supports_level(caps, c.compat_level):
         levels = caps.get("clusterLevels") or ["3.3 (legacy display protocol only)"]
         raise EngineError(
@@ -167,10 +186,22 @@ def add_host(
         capabilities=caps,
         console_address=console_address,
         last_seen=now(),
+        certificate=certificate,
+        cert_fingerprint=fingerprint,
     )
     session.add(host)
     session.flush()
     return host
+
+
+def host_enrolment(session: Session, name: str) -> EnrollmentToken | None:
+    """The newest enrolment of the host `name` (the certificate it got), if any."""
+    return session.scalar(
+        select(EnrollmentToken)
+        .where(EnrollmentToken.host_name == name, EnrollmentToken.certificate.is_not(None))
+        .order_by(EnrollmentToken.used_at.desc())
+        .limit(1)
+    )
 
 
 def host_supports_level(caps: dict, level: str) -> bool:
@@ -246,6 +277,8 @@ def display_from_fields(fields: dict[str, Any], base: DisplayConfig | None = Non
     ):
         if key in fields and fields[key] is not None:
             changes[key] = fields[key]
+    if "disconnect_action" in changes:  # the API hands over its value, the config keeps the enum
+        changes["disconnect_action"] = DisconnectAction(changes["disconnect_action"])
     if fields.get("spice_secure_channels") is not None:
         changes["spice_secure_channels"] = tuple(fields["spice_secure_channels"])
     d = replace(d, **changes)

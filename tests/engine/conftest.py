@@ -58,6 +58,7 @@ def engine_client(url: str, **settings) -> TestClient:
     settings.setdefault("monitor", False)
     settings.setdefault("proxy_port", None)
     settings.setdefault("proxy_key_file", os.path.join(tempfile.mkdtemp(prefix="mc-key-"), "proxy.key"))
+    settings.setdefault("pki_dir", tempfile.mkdtemp(prefix="mc-pki-"))
     app = make_app(Settings(db_url=url, admin_password=ADMIN[1], **settings))
     client = TestClient(app)
     client.auth = ADMIN

@@ -12,7 +12,13 @@ def setup_cluster(api, fake_host, level="4.7", name="prod"):
     host = ok(
         api.post(
             "/api/v1/hosts",
-            json={"name": f"h-{name}", "address": "127.0.0.1", "port": fake_host.port, "cluster": name},
+            json={
+                "name": f"h-{name}",
+                "address": "127.0.0.1",
+                "port": fake_host.port,
+                "cluster": name,
+                "insecure": True,
+            },
         ),
         201,
     )
@@ -181,7 +187,8 @@ def test_hosts_must_answer_and_match_the_cluster(api, fake_host):
     ok(api.post("/api/v1/clusters", json={"name": "prod"}), 201)
     body = error(
         api.post(
-            "/api/v1/hosts", json={"name": "ghost", "address": "127.0.0.1", "port": 1, "cluster": "prod"}
+            "/api/v1/hosts",
+            json={"name": "ghost", "address": "127.0.0.1", "port": 1, "cluster": "prod", "insecure": True},
         ),
         422,
         "address",
@@ -191,7 +198,13 @@ def test_hosts_must_answer_and_match_the_cluster(api, fake_host):
     body = error(
         api.post(
             "/api/v1/hosts",
-            json={"name": "x86", "address": "127.0.0.1", "port": fake_host.port, "cluster": "power"},
+            json={
+                "name": "x86",
+                "address": "127.0.0.1",
+                "port": fake_host.port,
+                "cluster": "power",
+                "insecure": True,
+            },
         ),
         422,
         "cluster",

@@ -90,14 +90,27 @@ def test_a_legacy_host_in_a_33_cluster(api, tmp_path):
         # Not for a 3.4+ cluster: it cannot take graphics devices.
         ok(api.post("/api/v1/clusters", json={"name": "new"}), 201)
         reply = api.post(
-            "/api/v1/hosts", json={"name": "old", "address": "127.0.0.1", "port": old.port, "cluster": "new"}
+            "/api/v1/hosts",
+            json={
+                "name": "old",
+                "address": "127.0.0.1",
+                "port": old.port,
+                "cluster": "new",
+                "insecure": True,
+            },
         )
         assert reply.status_code == 422 and "legacy" in reply.json()["error"]["reason"]
         ok(api.post("/api/v1/clusters", json={"name": "old33", "compat_level": "3.3"}), 201)
         ok(
             api.post(
                 "/api/v1/hosts",
-                json={"name": "old", "address": "127.0.0.1", "port": old.port, "cluster": "old33"},
+                json={
+                    "name": "old",
+                    "address": "127.0.0.1",
+                    "port": old.port,
+                    "cluster": "old33",
+                    "insecure": True,
+                },
             ),
             201,
         )

@@ -48,7 +48,8 @@ def engine(tmp_path, agent_proc):
     reply = http.post("/api/v1/clusters", json={"name": "c"})
     assert reply.status_code == 201, reply.text
     reply = http.post(
-        "/api/v1/hosts", json={"name": "h", "address": "127.0.0.1", "port": agent_proc.port, "cluster": "c"}
+        "/api/v1/hosts",
+        json={"name": "h", "address": "127.0.0.1", "port": agent_proc.port, "cluster": "c", "insecure": True},
     )
     assert reply.status_code == 201, reply.text
     names = []

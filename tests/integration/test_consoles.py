@@ -29,7 +29,13 @@ def engine(tmp_path, agent_proc):
         ok(
             api.post(
                 "/api/v1/hosts",
-                json={"name": "h", "address": "127.0.0.1", "port": agent_proc.port, "cluster": "c"},
+                json={
+                    "name": "h",
+                    "address": "127.0.0.1",
+                    "port": agent_proc.port,
+                    "cluster": "c",
+                    "insecure": True,
+                },
             ),
             201,
         )
@@ -215,7 +221,10 @@ def test_cli_console_and_audit(tmp_path, agent_proc):
     name = f"it-cli-{time.monotonic_ns() % 10**6}"
     try:
         assert cli("cluster", "add", "c").returncode == 0
-        assert cli("host", "add", "h", f"127.0.0.1:{agent_proc.port}", "--cluster", "c").returncode == 0
+        assert (
+            cli("host", "add", "h", f"127.0.0.1:{agent_proc.port}", "--cluster", "c", "--insecure").returncode
+            == 0
+        )
         r = cli(
             "vm",
             "create",

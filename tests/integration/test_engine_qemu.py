@@ -34,7 +34,13 @@ def add_host(api, agent_url_port, cluster, name):
     return ok(
         api.post(
             "/api/v1/hosts",
-            json={"name": name, "address": "127.0.0.1", "port": agent_url_port, "cluster": cluster},
+            json={
+                "name": name,
+                "address": "127.0.0.1",
+                "port": agent_url_port,
+                "cluster": cluster,
+                "insecure": True,
+            },
         ),
         201,
     )
@@ -157,7 +163,13 @@ def test_c_an_old_host_from_a_33_cluster(engine, legacy_agent, tmp_path):
     ok(api.post("/api/v1/clusters", json={"name": "new2", "compat_level": "4.7"}), 201)
     reply = api.post(
         "/api/v1/hosts",
-        json={"name": "old", "address": "127.0.0.1", "port": legacy_agent.port, "cluster": "new2"},
+        json={
+            "name": "old",
+            "address": "127.0.0.1",
+            "port": legacy_agent.port,
+            "cluster": "new2",
+            "insecure": True,
+        },
     )
     assert reply.status_code == 422 and "not 4.7" in reply.json()["error"]["reason"]
     ok(api.post("/api/v1/clusters", json={"name": "old33", "compat_level": "3.3"}), 201)

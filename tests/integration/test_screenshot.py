@@ -186,7 +186,13 @@ def test_engine_screenshot_png(engine, agent_proc, tmp_path):
     ok(
         api.post(
             "/api/v1/hosts",
-            json={"name": "shothost", "address": "127.0.0.1", "port": agent_proc.port, "cluster": "shots"},
+            json={
+                "name": "shothost",
+                "address": "127.0.0.1",
+                "port": agent_proc.port,
+                "cluster": "shots",
+                "insecure": True,
+            },
         ),
         201,
     )

@@ -18,12 +18,19 @@ def free_port() -> int:
 class ThreadServer:
     """uvicorn serving `app` on 127.0.0.1 in a daemon thread; stop() ends it."""
 
-    def __init__(self, app, port: int | None = None):
+    def __init__(self, app, port: int | None = None, **config):
+        """`config`: more uvicorn settings, e.g. ssl_certfile... (then the URL is https)."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if config.get("ssl_certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                timeout_graceful_shutdown=1,
+                **config,
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)

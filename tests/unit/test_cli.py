@@ -123,7 +123,9 @@ def cluster(stack: Stack) -> str:
     """Cluster c1 with host h1 (the test-driver agent), both added through the CLI."""
     out = cli(stack, "cluster", "add", "c1", "--level", "4.7", "--arch", "x86_64").stdout
     assert "c1" in out and "4.7" in out
-    out = cli(stack, "host", "add", "h1", f"127.0.0.1:{stack.agent.port}", "--cluster", "c1").stdout
+    out = cli(
+        stack, "host", "add", "h1", f"127.0.0.1:{stack.agent.port}", "--cluster", "c1", "--insecure"
+    ).stdout
     assert "h1" in out and f"127.0.0.1:{stack.agent.port}" in out
     return "c1"
 

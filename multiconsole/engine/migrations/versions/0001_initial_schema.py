@@ -49,11 +49,40 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("password_hash", sa.String(length=256), nullable=False),
-        sa.Column("roles", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+    op.create_table(
+        "permissions",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("role", sa.String(length=32), nullable=False),
+        sa.Column("object_type", sa.String(length=16), nullable=False),
+        sa.Column("object_id", sa.String(length=36), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("permissions", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_permissions_object_id"), ["object_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_permissions_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
+        "login_tokens",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
+    with op.batch_alter_table("login_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_login_tokens_expires_at"), ["expires_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_login_tokens_user_id"), ["user_id"], unique=False)
+
     op.create_table(
         "hosts",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -66,10 +95,29 @@ def upgrade() -> None:
         sa.Column("console_address", sa.String(length=255), nullable=True),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("certificate", sa.Text(), nullable=True),
+        sa.Column("cert_fingerprint", sa.String(length=80), nullable=True),
         sa.ForeignKeyConstraint(["cluster_id"], ["clusters.id"], ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+    op.create_table(
+        "enrollment_tokens",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("host_name", sa.String(length=64), nullable=False),
+        sa.Column("created_by", sa.String(length=128), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("certificate", sa.Text(), nullable=True),
+        sa.Column("cert_fingerprint", sa.String(length=80), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
+    with op.batch_alter_table("enrollment_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_enrollment_tokens_host_name"), ["host_name"], unique=False)
+
     op.create_table(
         "templates",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -135,7 +183,21 @@ def downgrade() -> None:
 
     op.drop_table("vms")
     op.drop_table("templates")
+    with op.batch_alter_table("enrollment_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_enrollment_tokens_host_name"))
+
+    op.drop_table("enrollment_tokens")
     op.drop_table("hosts")
+    with op.batch_alter_table("login_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_login_tokens_user_id"))
+        batch_op.drop_index(batch_op.f("ix_login_tokens_expires_at"))
+
+    op.drop_table("login_tokens")
+    with op.batch_alter_table("permissions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_permissions_user_id"))
+        batch_op.drop_index(batch_op.f("ix_permissions_object_id"))
+
+    op.drop_table("permissions")
     op.drop_table("users")
     op.drop_table("clusters")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
