@@ -52,9 +52,12 @@ def audit(
     protocol: str | None = None,
     client_address: str | None = None,
     detail: str = "",
+    at: datetime | None = None,
 ) -> None:
+    """One audit entry; `at` is when it happened, if that was before now."""
     session.add(
         AuditEntry(
+            time=at or now(),
             event=event,
             user=user,
             vm_id=vm.id if vm else None,
@@ -139,6 +142,8 @@ def issue_ticket(
         "graphicsDevices"
     )
     client = agents.for_host(host)
+    # Stamped before the host acts: its disconnect events come after the takeover.
+    at = now()
     try:
         if legacy:
             # Old hosts know only setTicket, on the VM's one console.
@@ -184,6 +189,7 @@ def issue_ticket(
             console.protocol,
             console.client_address,
             f"from {previous_holder}",
+            at=at,
         )
         # The host disconnects them (SPICE); their "disconnected" entry follows from its event.
     audit(
@@ -193,6 +199,7 @@ def issue_ticket(
         vm,
         console.protocol,
         detail=f"valid {ttl} s, existing client: {action}",
+        at=at,
     )
     expires = now() + timedelta(seconds=ttl)
     return {
@@ -268,5 +275,5 @@ def audit_entries(
         q = q.where(AuditEntry.time >= since)
     if until:
         q = q.where(AuditEntry.time <= until)
-    rows = session.scalars(q.order_by(AuditEntry.id.desc()).limit(limit)).all()
+    rows = session.scalars(q.order_by(AuditEntry.time.desc(), AuditEntry.id.desc()).limit(limit)).all()
     return list(reversed(rows))
