@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import libvirt
 import pytest
 
 from multiconsole.engine.broker import AgentCallError, AgentClient
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 SYSTEM_URI = "qemu:///system"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AgentProcess:
