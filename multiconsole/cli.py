@@ -111,7 +111,7 @@ def agent_enroll(
     )
 
 
-def _origins(host: str, port: int) -> list[str]:
+def _origins(host: str, port: int, scheme: str = "https") -> list[str]:
     """Where browsers reach an engine listening on host:port (for the proxy's Origin check)."""
     import socket
 
@@ -121,13 +121,30 @@ def _origins(host: str, port: int) -> list[str]:
     if host in ("0.0.0.0", "::"):
         names |= {socket.gethostname(), socket.getfqdn()}
     names -= {"0.0.0.0", "::"}
-    return sorted(f"{scheme}://{n}:{port}" for n in names for scheme in ("http", "https"))
+    return sorted(f"{scheme}://[{n}]:{port}" if ":" in n else f"{scheme}://{n}:{port}" for n in names)
 
 
 @app.command()
 def engine(
     db: str = typer.Option(None, help="SQLAlchemy URL; default: SQLite in the data directory"),
-    listen: str = typer.Option("127.0.0.1:8080", help="HOST:PORT to serve the API and web UI on"),
+    listen: str = typer.Option(
+        None, help="HOST:PORT to serve the API and web UI on; default 127.0.0.1:8443 (--insecure: :8080)"
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="serve plain HTTP (and ws:// consoles): passwords cross the network in clear",
+    ),
+    tls_cert: Path = typer.Option(
+        None, help="PEM certificate (chain) to serve HTTPS with; default one from the engine's CA"
+    ),
+    tls_key: Path = typer.Option(None, help="PEM private key of --tls-cert"),
+    tls_name: list[str] = typer.Option(
+        None,
+        "--tls-name",
+        help="another DNS name or IP address for the engine's own certificate (repeat); it always has "
+        "127.0.0.1, localhost, this host's names and the --listen address",
+    ),
     admin_password: str = typer.Option(
         None, envvar="MULTICONSOLE_ADMIN_PASSWORD", help="admin@internal's password on first start"
     ),
@@ -144,28 +161,65 @@ def engine(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
-    """Run the engine: REST API on SQLite or PostgreSQL, monitoring the hosts."""
+    """Run the engine: REST API and web UI over HTTPS (--insecure: HTTP) on SQLite or PostgreSQL,
+    monitoring the hosts."""
+    from urllib.parse import urlsplit
+
     import uvicorn
 
+    from multiconsole.client import remember_ca
+    from multiconsole.engine import https
     from multiconsole.engine.app import Settings, make_app
     from multiconsole.paths import data_dir
 
     logs.setup(verbose)
-    host, port = _host_port(listen, 8080)
+    if insecure and (tls_cert or tls_key or tls_name):
+        raise typer.BadParameter("--insecure serves no certificate: drop --tls-cert, --tls-key, --tls-name")
+    default_port = 8080 if insecure else 8443
+    host, port = _host_port(listen or f"127.0.0.1:{default_port}", default_port)
+    scheme = "http" if insecure else "https"
     url = db or f"sqlite:///{data_dir() / 'engine.db'}"
-    application = make_app(
-        Settings(
-            db_url=url,
-            admin_password=admin_password,
-            monitor_interval=monitor_interval,
-            proxy_port=proxy_port or None,
-            proxy_host=host,
-            allowed_origins=public_origin or _origins(host, port),
-            pki_dir=str(pki_dir) if pki_dir else None,
+    # The names browsers are told to use are names the certificate must have.
+    origin_names = [urlsplit(o).hostname or "" for o in public_origin or []]
+    try:
+        application = make_app(
+            Settings(
+                db_url=url,
+                admin_password=admin_password,
+                monitor_interval=monitor_interval,
+                proxy_port=proxy_port or None,
+                proxy_host=host,
+                allowed_origins=public_origin
+                or _origins(host, port, scheme)
+                + [f"https://[{n}]:{port}" if ":" in n else f"https://{n}:{port}" for n in tls_name or []],
+                pki_dir=str(pki_dir) if pki_dir else None,
+                https=not insecure,
+                tls_cert=str(tls_cert) if tls_cert else None,
+                tls_key=str(tls_key) if tls_key else None,
+                tls_names=https.default_names(host, [*(tls_name or []), *origin_names]),
+            )
         )
-    )
+    except https.HttpsSetupError as err:
+        typer.echo(f"engine: {err}", err=True)
+        raise typer.Exit(2) from None
     ca = application.state.ca
     typer.echo(f"engine: certificate authority {ca.fingerprint} in {ca.directory}", err=True)
+    tls = application.state.tls
+    if tls is not None:
+        # The CLI of whoever runs the engine then trusts it with no flags.
+        try:
+            remember_ca(ca.cert_pem)
+        except OSError as err:
+            typer.echo(f"engine: could not write the CA for the CLI: {err}", err=True)
+        whose = "its own" if tls.ours else "the given"
+        typer.echo(
+            f"engine: serving https://{host}:{port} with {whose} certificate "
+            f"{tls.fingerprint} (names {', '.join(tls.names) or '-'}; until {tls.not_after:%Y-%m-%d}); "
+            f"clients trust the CA at /api/v1/pki/ca.pem",
+            err=True,
+        )
+    else:
+        typer.echo(f"engine: serving plain http://{host}:{port} (--insecure)", err=True)
 
     generated = application.state.generated_admin_password
     if generated:
@@ -173,15 +227,22 @@ def engine(
         secret.write_text(generated + "\n")
         secret.chmod(0o600)
         typer.echo(f"engine: created admin@internal; its password is in {secret}", err=True)
+    tls_files = {"ssl_certfile": str(tls.cert_path), "ssl_keyfile": str(tls.key_path)} if tls else {}
     uvicorn.run(
-        application, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=3
+        application,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        **tls_files,
     )
 
 
 @app.command()
 def demo(
     agent_port: int = typer.Option(54321, help="port of the demo's agent"),
-    engine_port: int = typer.Option(8080, help="port of the demo's engine"),
+    engine_port: int = typer.Option(8443, help="port of the demo's engine (HTTPS)"),
     proxy_port: int = typer.Option(6100, help="port of the demo's browser-console proxy"),
     virt_type: str = typer.Option("qemu", help="auto, kvm or qemu (TCG)"),
     ticket_ttl: int = typer.Option(600, help="seconds the printed console passwords stay valid"),
@@ -219,8 +280,8 @@ def proxy(
     allowed_origin: list[str] = typer.Option(
         None,
         "--allowed-origin",
-        help="a browser Origin allowed to connect (repeat); default the engine's http://127.0.0.1:8080 "
-        "and http://localhost:8080",
+        help="a browser Origin allowed to connect (repeat); default the engine's https://127.0.0.1:8443 "
+        "and https://localhost:8443",
     ),
     allow_missing_origin: bool = typer.Option(False, help="accept clients without an Origin (non-browsers)"),
     tls_cert: Path = typer.Option(None, help="PEM certificate (chain): serve wss:// instead of ws://"),
@@ -243,7 +304,7 @@ def proxy(
     if tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls_cert, tls_key)
-    origins = allowed_origin or ["http://127.0.0.1:8080", "http://localhost:8080"]
+    origins = allowed_origin or ["https://127.0.0.1:8443", "https://localhost:8443"]
     try:
         server = ProxyServer(
             load_or_create_key(key_file or default_key_path()),

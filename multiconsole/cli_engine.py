@@ -23,6 +23,7 @@ from rich.table import Table
 from multiconsole.client import (
     DEFAULT_URL,
     DEFAULT_USER,
+    ENV_CA,
     ENV_PASSWORD,
     ENV_URL,
     ENV_USER,
@@ -57,8 +58,15 @@ ArchChoice = Literal[ARCHES]  # type: ignore[valid-type]
 class Run:
     """What a command gets: the engine client, and how to print (tables or --json)."""
 
-    def __init__(self, engine: str | None, user: str | None, password: str | None, as_json: bool):
-        self._args = (engine, user, password)
+    def __init__(
+        self,
+        engine: str | None,
+        user: str | None,
+        password: str | None,
+        as_json: bool,
+        ca: str | None = None,
+    ):
+        self._args = (engine, user, password, ca)
         self._client: EngineClient | None = None
         self.as_json = as_json
         self.console = Console(highlight=False)
@@ -133,6 +141,16 @@ CONNECTION = [
         help=f"password (else ${ENV_PASSWORD}, the settings file)",
     ),
     _option("as_json", bool, False, "--json", help="print the engine's JSON answer, nothing else"),
+    _option(
+        "ca",
+        str | None,
+        None,
+        "--ca",
+        metavar="FILE",
+        rich_help_panel=_CONN,
+        help=f"the CA certificate to check the engine's with, alone (else ${ENV_CA}; else the "
+        "system's CAs and the engine CAs in ~/.config/multiconsole/ca.pem, the data directory)",
+    ),
 ]
 
 _DISPLAY = "Display"
@@ -425,6 +443,9 @@ def _host_details(run: Run, h: dict) -> None:
     if h.get("cert_expires"):
         rows.append(("certificate expires", h["cert_expires"]))
     if caps:
+        other = "yes (not from this engine's CA)" if caps.get("spiceTls") else "no"
+        rows.append(("SPICE TLS", (h.get("spice_subject") if caps.get("spiceTls") else None) or other))
+    if caps:
         rows += [
             ("virtualization", caps.get("virtType")),
             ("cluster levels", caps.get("clusterLevels")),
@@ -484,6 +505,20 @@ def host_token(
         run.say(f"then here: multiconsole host add {t['host']} ADDRESS --cluster CLUSTER")
 
     run.show(t, render)
+
+
+@command(host_app, "renew-cert")
+def host_renew_cert(run: Run, name: Annotated[str, typer.Argument(help="host name or id")]) -> None:
+    """Renew a host's certificates (its agent's and its SPICE one) over its TLS connection,
+    without re-enrolling: the host makes new keys, the engine signs and pins the new certificate."""
+    r = run.post("hosts", name, "certificate")
+
+    def render() -> None:
+        run.say(f"host {r['host']}: new certificate {r['fingerprint']}, valid until {r['not_after']}")
+        if r.get("spice_renewed"):
+            run.say(f"SPICE certificate renewed ({r['spice_subject']}): VMs started from now on use it")
+
+    run.show(r, render)
 
 
 @command(host_app, "list")

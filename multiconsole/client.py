@@ -3,17 +3,23 @@
 Where to connect and as whom is resolved field by field, first found wins:
 flags (the arguments given here) > environment (MULTICONSOLE_URL, MULTICONSOLE_USER,
 MULTICONSOLE_PASSWORD) > the settings file (`settings_path()`, written by `save_settings`,
-e.g. by the demo) > defaults (http://127.0.0.1:8080, admin@internal, no password).
+e.g. by the demo) > defaults (https://127.0.0.1:8443, admin@internal, no password).
 
 The settings file's user and password belong to the file's engine: they are used only when
 the resolved URL is the file's URL (and its password only for the file's user), so pointing
 `--engine` elsewhere never sends those credentials to another server.
+
+An https:// engine's certificate is always verified. Against `--ca FILE` / $MULTICONSOLE_CA
+alone when given; else against the system's CAs plus the engine CAs found here: the settings
+file's `ca` (for its URL), `~/.config/multiconsole/ca.pem` (which `multiconsole engine` and
+the demo write) and `<data dir>/pki/ca-cert.pem` (an engine on this machine).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +28,15 @@ from urllib.parse import quote
 
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = "https://127.0.0.1:8443"
 DEFAULT_USER = "admin@internal"
 ENV_URL = "MULTICONSOLE_URL"
 ENV_USER = "MULTICONSOLE_USER"
 ENV_PASSWORD = "MULTICONSOLE_PASSWORD"
 # A token from POST /api/v1/login, used instead of the password when set.
 ENV_TOKEN = "MULTICONSOLE_TOKEN"
+# A CA certificate (PEM) to check the engine's certificate with, instead of any other.
+ENV_CA = "MULTICONSOLE_CA"
 API_PREFIX = "/api/v1"
 # Starting a VM waits for the host's agent (the engine allows it 30 s).
 TIMEOUT = 60.0
@@ -62,6 +70,10 @@ class EngineUnreachable(ClientError):
         super().__init__(f"cannot reach the engine at {url}: {detail}")
 
 
+class CertificateError(EngineUnreachable):
+    """The engine's certificate does not verify against the CAs we trust."""
+
+
 class SettingsError(ClientError):
     """The settings file exists but cannot be read."""
 
@@ -75,11 +87,44 @@ def settings_path() -> Path:
     return Path(base) / "multiconsole" / "cli.json"
 
 
-def save_settings(url: str, user: str, password: str, path: Path | None = None) -> Path:
-    """Write where the engine is and how to log in, readable by the owner only (0600)."""
+def ca_path() -> Path:
+    """The engine CAs the CLI trusts without flags: ~/.config/multiconsole/ca.pem."""
+    return settings_path().parent / "ca.pem"
+
+
+def remember_ca(ca_pem: bytes, path: Path | None = None) -> Path:
+    """Add an engine's CA certificate to `ca_path()` (a bundle: other engines' CAs stay)."""
+    path = path or ca_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = ca_pem.decode().strip() + "\n"
+    try:
+        known = path.read_text()
+    except FileNotFoundError:
+        known = ""
+    if pem.strip() in known:
+        return path
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ca.", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(known + ("" if not known or known.endswith("\n") else "\n") + pem)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_settings(
+    url: str, user: str, password: str, path: Path | None = None, ca: str | Path | None = None
+) -> Path:
+    """Write where the engine is and how to log in, readable by the owner only (0600);
+    `ca`: the file of the CA that issued the engine's certificate."""
     path = path or settings_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = {"url": normalize_url(url), "user": user, "password": password}
+    if ca:
+        data["ca"] = str(ca)
     # mkstemp creates the file 0600 from the start; replace() makes the write atomic.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cli.", suffix=".json")
     try:
@@ -109,14 +154,14 @@ def load_settings(path: Path | None = None) -> dict[str, str]:
         raise SettingsError(f"the settings file {path} is not valid JSON") from None
     if not isinstance(data, dict):
         raise SettingsError(f"the settings file {path} is not a JSON object")
-    return {k: data[k] for k in ("url", "user", "password") if isinstance(data.get(k), str) and data[k]}
+    return {k: data[k] for k in ("url", "user", "password", "ca") if isinstance(data.get(k), str) and data[k]}
 
 
 def normalize_url(url: str) -> str:
-    """`host:port` -> `http://host:port`; no trailing slash nor /api/v1."""
+    """`host:port` -> `https://host:port`; no trailing slash nor /api/v1."""
     url = url.strip()
     if "://" not in url:
-        url = "http://" + url
+        url = "https://" + url
     url = url.rstrip("/")
     if url.endswith(API_PREFIX):
         url = url[: -len(API_PREFIX)].rstrip("/")
@@ -128,6 +173,8 @@ class Connection:
     url: str
     user: str
     password: str | None
+    ca: str | None = None  # --ca or $MULTICONSOLE_CA: the only CA the engine is checked against
+    saved_ca: str | None = None  # the settings file's CA (for its URL), trusted besides the others
 
 
 def resolve(
@@ -135,6 +182,7 @@ def resolve(
     user: str | None = None,
     password: str | None = None,
     *,
+    ca: str | None = None,
     environ: dict[str, str] | None = None,
     settings: dict[str, str] | None = None,
 ) -> Connection:
@@ -148,7 +196,36 @@ def resolve(
         password = env.get(ENV_PASSWORD) or None
     if password is None and applies and saved.get("user", user) == user:
         password = saved.get("password")
-    return Connection(url, user, password)
+    ca = ca or env.get(ENV_CA) or None
+    return Connection(url, user, password, ca, saved.get("ca") if applies else None)
+
+
+def trusted_cas(explicit: str | None = None, extra: str | None = None) -> ssl.SSLContext:
+    """How the engine's certificate is checked (see the module's docstring)."""
+    if explicit:
+        try:
+            return ssl.create_default_context(cafile=explicit)
+        except (OSError, ssl.SSLError) as err:
+            raise SettingsError(
+                f"cannot use {explicit} as the engine's CA: {getattr(err, 'strerror', None) or err}"
+            ) from None
+    import certifi
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    for candidate in [*([Path(extra)] if extra else []), *_found_cas()]:
+        try:
+            context.load_verify_locations(cafile=str(candidate))
+        except (OSError, ssl.SSLError):
+            continue  # unreadable (e.g. root's): the others may still do
+    return context
+
+
+def _found_cas() -> list[Path]:
+    env = os.environ.get("MULTICONSOLE_DATA")
+    data = Path(env) if env else Path("/var/lib/multiconsole") if os.geteuid() == 0 else None
+    if data is None:
+        data = Path.home() / ".local/share/multiconsole"
+    return [p for p in (ca_path(), data / "pki" / "ca-cert.pem") if p.is_file()]
 
 
 # --- the client ------------------------------------------------------------------------
@@ -172,22 +249,31 @@ class EngineClient:
         timeout: float = TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
+        ca: str | None = None,
+        saved_ca: str | None = None,
     ):
         self.url = normalize_url(url)
         self.user = user
         self.password = password
         self.token = token
-        self._http = httpx.Client(timeout=timeout, transport=transport, auth=self._auth())
+        self.ca = ca
+        verify = trusted_cas(ca, saved_ca) if self.url.startswith("https://") else True
+        self._http = httpx.Client(timeout=timeout, transport=transport, auth=self._auth(), verify=verify)
 
     @classmethod
     def resolved(
-        cls, url: str | None = None, user: str | None = None, password: str | None = None, **kw: Any
+        cls,
+        url: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        ca: str | None = None,
+        **kw: Any,
     ) -> EngineClient:
         """A client for the engine that flags, environment and settings file point to."""
-        conn = resolve(url, user, password)
+        conn = resolve(url, user, password, ca=ca)
         if not password:  # a --password flag wins over a token from the environment
             kw.setdefault("token", os.environ.get(ENV_TOKEN) or None)
-        return cls(conn.url, conn.user, conn.password, **kw)
+        return cls(conn.url, conn.user, conn.password, ca=conn.ca, saved_ca=conn.saved_ca, **kw)
 
     def _auth(self) -> httpx.Auth | None:
         """How the client proves who it is: the single place to change (a login token
@@ -207,7 +293,15 @@ class EngineClient:
         except httpx.TimeoutException:
             raise EngineUnreachable(self.url, "no answer in time") from None
         except httpx.TransportError as err:
-            raise EngineUnreachable(self.url, _describe(err)) from None
+            if _bad_certificate(err):
+                raise CertificateError(self.url, self._certificate_hint(err)) from None
+            detail = _describe(err)
+            if self.url.startswith("http://") and isinstance(
+                err, httpx.RemoteProtocolError | httpx.ReadError
+            ):
+                # What a TLS port does to a plain HTTP request: it hangs up.
+                detail += f" (does it serve HTTPS? try {'https://' + self.url.removeprefix('http://')})"
+            raise EngineUnreachable(self.url, detail) from None
         if r.status_code >= 400:
             raise self._error(r)
         if r.status_code == 204 or not r.content:
@@ -218,6 +312,17 @@ class EngineClient:
             raise EngineApiError(
                 r.status_code, None, f"the answer is not JSON: is {self.url} a multiconsole engine?"
             ) from None
+
+    def _certificate_hint(self, err: Exception) -> str:
+        why = _describe(err)
+        why = why.split("certificate verify failed:", 1)[-1].split("(_ssl.c", 1)[0].strip() or why
+        against = f"the CA in {self.ca}" if self.ca else "the CAs this client trusts"
+        return (
+            f"its certificate does not verify against {against} ({why}); get the engine's CA "
+            f"({self.url}{API_PREFIX}/pki/ca.pem, or <data dir>/pki/ca-cert.pem on the engine's machine), "
+            f"check its fingerprint with the engine's admin, and pass --ca FILE or set ${ENV_CA}, "
+            f"or put it in {ca_path()}"
+        )
 
     def _error(self, r: httpx.Response) -> EngineApiError:
         try:
@@ -264,6 +369,16 @@ class _BearerAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request):
         request.headers["Authorization"] = self._header
         yield request
+
+
+def _bad_certificate(err: BaseException) -> bool:
+    while err is not None:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _describe(err: Exception) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -108,8 +109,6 @@ def _enrol_local(api: Api, engine_url: str):
 
 def _engine_tls():
     """The engine's client side of TLS (its CA and certificate), to see the demo agent answer."""
-    import ssl
-
     folder = data_dir() / "pki"
     context = ssl.create_default_context(cafile=str(folder / "ca-cert.pem"))
     context.check_hostname = False
@@ -117,9 +116,19 @@ def _engine_tls():
     return context
 
 
+def _engine_ca():
+    """The engine's CA (made here if this is the first run, so that the engine's HTTPS
+    certificate can be checked from its first answer on): its certificate file."""
+    from multiconsole.pki import CertificateAuthority
+
+    return CertificateAuthority.load_or_create(data_dir() / "pki").cert_path
+
+
 class Api:
-    def __init__(self, url: str, password: str):
-        self.http = httpx.Client(base_url=f"{url}/api/v1", auth=(auth.ADMIN, password), timeout=120)
+    def __init__(self, url: str, password: str, verify):
+        self.http = httpx.Client(
+            base_url=f"{url}/api/v1", auth=(auth.ADMIN, password), timeout=120, verify=verify
+        )
 
     def __call__(self, method: str, path: str, **kw) -> dict | list | None:
         reply = self.http.request(method, path, **kw)
@@ -134,7 +143,7 @@ class Api:
 
 def run(
     agent_port: int = 54321,
-    engine_port: int = 8080,
+    engine_port: int = 8443,
     proxy_port: int = 6100,
     virt_type: str = "qemu",
     ticket_ttl: int = 600,
@@ -145,7 +154,9 @@ def run(
             raise DemoError(f"demo: port {port} for the {what} is taken (an earlier demo still running?)")
     db_url = f"sqlite:///{data_dir() / 'engine.db'}"
     password = _admin_password(db_url)
-    engine_url = f"http://127.0.0.1:{engine_port}"
+    engine_url = f"https://127.0.0.1:{engine_port}"
+    ca_file = _engine_ca()
+    engine_verify = ssl.create_default_context(cafile=str(ca_file))
     procs = [
         _spawn(
             [
@@ -163,11 +174,13 @@ def run(
     api = None
     try:
         with out.status("starting the engine"):
-            _wait(f"{engine_url}/docs", procs[0], "engine")
-        from multiconsole.client import save_settings
+            _wait(f"{engine_url}/docs", procs[0], "engine", verify=engine_verify)
+        from multiconsole.client import remember_ca, save_settings
 
-        save_settings(engine_url, auth.ADMIN, password)
-        api = Api(engine_url, password)
+        # The CLI then checks the engine's certificate with no flags.
+        remember_ca(ca_file.read_bytes())
+        save_settings(engine_url, auth.ADMIN, password, ca=ca_file)
+        api = Api(engine_url, password, engine_verify)
         with out.status("enrolling the host and starting its agent (TLS with client certificates)"):
             pki_dir = _enrol_local(api, engine_url)
             agent = ["agent", "--pki-dir", str(pki_dir), "--listen", f"127.0.0.1:{agent_port}"]
@@ -228,7 +241,9 @@ def run(
         for hint in hints:
             out.print(f"  {hint}", soft_wrap=True, highlight=False)
         out.print(
-            f"VNC in the browser: {engine_url}/console/demo (log in as {auth.ADMIN})",
+            f"VNC in the browser: {engine_url}/console/demo (log in as {auth.ADMIN}; the engine's "
+            f"certificate is from its own CA, {ca_file}: import that into the browser, or accept the warning "
+            f"for {engine_url} and for https://127.0.0.1:{proxy_port} (the console proxy))",
             soft_wrap=True,
             highlight=False,
         )

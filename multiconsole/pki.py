@@ -36,7 +36,7 @@ CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
 ENGINE_CERT, ENGINE_KEY = "engine-cert.pem", "engine-key.pem"
 ENGINE_CN = "multiconsole engine"
 CA_DAYS = 3650
-CERT_DAYS = 397  # what browsers accept for server certificates; renewed by re-enrolling
+CERT_DAYS = 397  # what browsers accept for server certificates; hosts' are renewed by the engine
 RENEW_BEFORE = timedelta(days=30)  # the engine renews its own certificate this long before it ends
 MAX_SANS = 16
 _USAGES = {
@@ -162,11 +162,14 @@ def issued_by(cert: bytes | str, ca: bytes | str) -> bool:
         return False
 
 
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically (a temporary file renamed over `path`), with `mode` from the start."""
+def write_file(path: Path, data: bytes, mode: int, gid: int | None = None) -> None:
+    """Write atomically (a temporary file renamed over `path`), with `mode` (and group `gid`)
+    from the start."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -219,6 +222,58 @@ def _check_public_key(key) -> None:
             raise PkiError(f"an RSA key of {key.key_size} bits is too small (2048 at least)")
     else:
         raise PkiError(f"{type(key).__name__} keys are not accepted (ECDSA or RSA)")
+
+
+# --- SPICE server certificates -------------------------------------------------------------
+#
+# remote-viewer checks the SPICE server's certificate against the `.vv`'s `ca` and compares
+# its subject with `host-subject`: "key=value" pairs joined by ",", in the certificate's
+# order, compared as an X.509 name (spice-gtk: spice-common/common/ssl_verify.c). We give
+# hosts a simple subject, O=multiconsole,CN=<host name>, whose values need no escaping.
+
+SPICE_ORGANIZATION = "multiconsole"
+_SUBJECT_KEYS = {NameOID.COUNTRY_NAME: "C", NameOID.ORGANIZATION_NAME: "O", NameOID.COMMON_NAME: "CN"}
+_SUBJECT_FORBIDDEN = set(',=\\+"<>#;/\r\n\x00')
+
+
+def spice_subject_name(host_name: str) -> x509.Name:
+    """The subject of the SPICE certificate of the host `host_name`."""
+    if (
+        not host_name
+        or len(host_name) > 64
+        or _SUBJECT_FORBIDDEN & set(host_name)
+        or host_name != host_name.strip()
+    ):
+        raise PkiError(f"host name {host_name!r} cannot be a certificate subject")
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, SPICE_ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, host_name),
+        ]
+    )
+
+
+def subject_string(name: x509.Name) -> str:
+    """An X.509 name as remote-viewer's `host-subject` reads it: "O=multiconsole,CN=kvm1"
+    (the certificate's order, unlike RFC 4514's reversed one)."""
+    parts = []
+    for attr in name:
+        key = _SUBJECT_KEYS.get(attr.oid)
+        value = str(attr.value)
+        if key is None or _SUBJECT_FORBIDDEN & set(value):
+            raise PkiError(
+                f"subject attribute {attr.oid.dotted_string}={value!r} cannot be written as a host-subject"
+            )
+        parts.append(f"{key}={value}")
+    return ",".join(parts)
+
+
+def cert_subject_string(pem: bytes | str) -> str:
+    return subject_string(load_cert(pem).subject)
+
+
+def not_after(pem: bytes | str) -> datetime:
+    return load_cert(pem).not_valid_after_utc
 
 
 # --- the CA ---------------------------------------------------------------------------------
@@ -320,9 +375,11 @@ class CertificateAuthority:
         public_key=None,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        subject: x509.Name | None = None,
     ) -> tuple[bytes, bytes | None]:
         """A certificate signed by this CA: (cert_pem, key_pem), key_pem None when `public_key`
-        was given (the holder has the private key)."""
+        was given (the holder has the private key). The subject is CN=`common_name_` unless
+        `subject` is given."""
         key = None
         if public_key is None:
             key = new_key()
@@ -335,7 +392,7 @@ class CertificateAuthority:
         end = min(end, self.cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name_[:64])]))
+            .subject_name(subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name_[:64])]))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -375,9 +432,10 @@ class CertificateAuthority:
         usage: Usage = "server",
         days: int = CERT_DAYS,
         sans: Iterable[str] | None = None,
+        subject: x509.Name | None = None,
     ) -> bytes:
-        """Sign a certificate request whose signature checks out. The subject is
-        `common_name_` (else the request's); the names are `sans` (else the request's)."""
+        """Sign a certificate request whose signature checks out. The subject is `subject`,
+        else CN=`common_name_`, else the request's CN; the names are `sans` (else the request's)."""
         try:
             csr = x509.load_pem_x509_csr(_bytes(csr_pem))
         except ValueError as err:
@@ -395,7 +453,7 @@ class CertificateAuthority:
         if cn is None:
             names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
             cn = str(names[0].value) if names else "multiconsole host"
-        pem, _ = self.issue(cn, sans, usage=usage, days=days, public_key=csr.public_key())
+        pem, _ = self.issue(cn, sans, usage=usage, days=days, public_key=csr.public_key(), subject=subject)
         return pem
 
     def issued(self, pem: bytes | str) -> bool:

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   python3-venv python3-dev
   spice-client-gtk virt-viewer xvfb xauth imagemagick x11-utils
   postgresql chromium
+  libxml2-dev libcurl4-openssl-dev libssl-dev   # build ovirt-engine-sdk-python (and its pycurl)
 )
 
 need_apt=0
@@ -31,8 +32,47 @@ if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || true
 fi
 
+# SPICE over TLS: libvirt gives SPICE a tlsPort only with spice_tls = 1, and QEMU then
+# needs ca-cert.pem, server-cert.pem and server-key.pem in the cert dir at every VM start.
+# Until the agent enrols (and writes certificates from the engine's CA there), a
+# self-signed placeholder lets SPICE start. QEMU runs as libvirt-qemu:kvm: group kvm reads.
+SPICE_DIR=/etc/pki/libvirt-spice
+QEMU_CONF=/etc/libvirt/qemu.conf
+if [ -f "$QEMU_CONF" ]; then
+  if ! grep -Eq '^[[:space:]]*spice_tls[[:space:]]*=[[:space:]]*1[[:space:]]*$' "$QEMU_CONF"; then
+    sed -i -E '/^[[:space:]]*spice_tls[[:space:]]*=/d' "$QEMU_CONF"
+    echo 'spice_tls = 1' >>"$QEMU_CONF"
+  fi
+  if ! grep -Eq "^[[:space:]]*spice_tls_x509_cert_dir[[:space:]]*=[[:space:]]*\"$SPICE_DIR\"" "$QEMU_CONF"; then
+    sed -i -E '/^[[:space:]]*spice_tls_x509_cert_dir[[:space:]]*=/d' "$QEMU_CONF"
+    echo "spice_tls_x509_cert_dir = \"$SPICE_DIR\"" >>"$QEMU_CONF"
+  fi
+fi
+install -d -m 0750 -o root -g kvm "$SPICE_DIR"
+if [ ! -s "$SPICE_DIR/server-cert.pem" ] || [ ! -s "$SPICE_DIR/server-key.pem" ] || [ ! -s "$SPICE_DIR/ca-cert.pem" ]; then
+  command -v openssl >/dev/null || apt-get install -y -qq --no-install-recommends openssl >/dev/null
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/O=multiconsole/CN=placeholder $(hostname)" -keyout "$tmp/server-key.pem" \
+    -out "$tmp/server-cert.pem" 2>/dev/null
+  cp "$tmp/server-cert.pem" "$tmp/ca-cert.pem"
+  chown root:kvm "$tmp"/*.pem && chmod 0640 "$tmp/server-key.pem" && chmod 0644 "$tmp"/*-cert.pem
+  mv -f "$tmp"/*.pem "$SPICE_DIR"/ && rmdir "$tmp"
+fi
+
 # Daemons without systemd: virtlogd first (QEMU's stdio goes through it), then libvirtd.
 pgrep -x virtlogd >/dev/null || virtlogd -d
+# A libvirtd started before qemu.conf last changed has not read it (spice_tls): restart it
+# (running domains survive).
+pid=$(pgrep -x libvirtd | head -n 1 || true)
+if [ -n "$pid" ] && [ -f "$QEMU_CONF" ]; then
+  started=$(($(date +%s) - $(ps -o etimes= -p "$pid")))
+  if [ "$(stat -c %Y "$QEMU_CONF")" -gt "$started" ]; then
+    echo "setup: restarting libvirtd (qemu.conf changed)"
+    kill "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+fi
 pgrep -x libvirtd >/dev/null || libvirtd -d
 for _ in $(seq 1 600); do
   virsh -c qemu:///system version >/dev/null 2>&1 && break

@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
-from multiconsole.agent.vms import VmManager
+from multiconsole.agent.certs import CertificateError
+from multiconsole.agent.vms import AgentError, VmManager
 from multiconsole.domain.devices import GraphicsType
+from multiconsole.wire.errors import ErrorCode
 
 
 def _uuid(value: str) -> str:
@@ -170,6 +172,28 @@ class Capabilities(BaseModel):
     clusterLevels: list[str]
 
 
+PemText = Annotated[str, Field(min_length=1, max_length=16384)]
+
+
+class InstallCertificateParams(Params):
+    certificate: PemText = Field(description="the agent's new certificate (PEM), for the pending request")
+    caCertificate: PemText = Field(
+        description="the engine's CA (PEM): must be the one the host enrolled with"
+    )
+    spiceCertificate: PemText | None = Field(None, description="QEMU's new SPICE certificate (PEM)")
+
+
+class CertificateRequests(BaseModel):
+    csr: str = Field(description="request for the agent's new key (PEM); the key stays on the host")
+    spiceCsr: str | None = Field(description="request for QEMU's new SPICE key; None without SPICE TLS")
+
+
+class InstalledCertificate(BaseModel):
+    fingerprint: str
+    notAfter: str
+    spiceSubject: str | None
+
+
 class Screenshot(BaseModel):
     png: str = Field(description="the screen as a PNG, base64-encoded")
     width: int = Field(description="pixels, after any scaling down")
@@ -187,6 +211,18 @@ class Method:
 
 def _secret(s: SecretStr) -> str:
     return s.get_secret_value()
+
+
+def _certificates(call):
+    """Certificate errors as JSON-RPC errors naming what was refused."""
+
+    def run(manager: VmManager, p: Any) -> Any:
+        try:
+            return call(manager.certs, p)
+        except (CertificateError, OSError) as err:
+            raise AgentError(ErrorCode.CERTIFICATE_REFUSED, str(err)) from None
+
+    return run
 
 
 METHODS: dict[str, Method] = {
@@ -224,6 +260,19 @@ METHODS: dict[str, Method] = {
             p.params.ttl,
             p.params.existingConnAction,
         ),
+    ),
+    "Host.certificateRequest": Method(
+        NoParams,
+        CertificateRequests,
+        "Renewal, step 1: new keys for the agent and SPICE (kept on the host) and their requests.",
+        _certificates(lambda certs, p: certs.request()),
+    ),
+    "Host.installCertificate": Method(
+        InstallCertificateParams,
+        InstalledCertificate,
+        "Renewal, step 2: install the certificates signed for the pending requests; new "
+        "connections get the new certificate, VMs started afterwards the new SPICE one.",
+        _certificates(lambda certs, p: certs.install(p.certificate, p.caCertificate, p.spiceCertificate)),
     ),
     "VM.screenshot": Method(
         ScreenshotParams,

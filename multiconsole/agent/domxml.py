@@ -14,6 +14,7 @@ from lxml import etree
 from multiconsole.domain.devices import (
     LOCKED_PASSWORD,
     LOCKED_VALID_TO,
+    SPICE_CHANNELS,
     Graphics,
     GraphicsType,
     Video,
@@ -91,6 +92,9 @@ def _graphics(g: Graphics, host: HostDisplay) -> etree._Element:
         # Secure channels need a TLS port, which libvirt gives only when the host has
         # SPICE TLS certificates; without them the channels stay on the plain port.
         if host.spice_tls:
+            # Every channel secure: a TLS-only console (no plain port at all).
+            if set(SPICE_CHANNELS) <= set(g.secure_channels):
+                el.set("defaultMode", "secure")
             for name in g.secure_channels:
                 etree.SubElement(el, "channel", name=name, mode="secure")
         if not g.image_compression:

@@ -8,6 +8,12 @@ The engine is checked when its URL is https: against --ca-file, or against the C
 fingerprint --ca-fingerprint pins (what `multiconsole host token` prints), or else the
 system's CAs. Whatever the URL, a pinned fingerprint must match the CA the engine sends
 back, or nothing is written.
+
+SPICE over TLS: when QEMU has SPICE TLS on (qemu.conf) and its certificate directory is
+writable, a second key and request go along; the engine signs it as this host's SPICE
+certificate (subject O=multiconsole,CN=<host name>) and ca-cert.pem, server-cert.pem and
+server-key.pem are written there for QEMU (see multiconsole.agent.certs). VMs started
+afterwards offer SPICE over TLS with them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from multiconsole import pki
+from multiconsole.agent import certs
 
 AGENT_CERT, AGENT_KEY, CA_CERT = "agent-cert.pem", "agent-key.pem", "ca-cert.pem"
 ENROLL_PATH = "/api/v1/hosts/enroll"
@@ -38,6 +45,7 @@ class Enrolled:
     names: list[str]
     files: list[Path]
     warnings: list[str] = field(default_factory=list)
+    spice_subject: str | None = None
 
 
 def default_names() -> list[str]:
@@ -76,7 +84,10 @@ def enroll(
     ca_file: Path | None = None,
     ca_fingerprint: str | None = None,
     timeout: float = 30.0,
+    spice_dir: Path | None | bool = True,
 ) -> Enrolled:
+    """`spice_dir`: where QEMU reads its SPICE certificates; True: where qemu.conf says
+    (multiconsole.agent.certs.spice_cert_dir); False or None: no SPICE certificate."""
     url = engine_url.rstrip("/")
     warnings: list[str] = []
     if url.startswith("https://"):
@@ -91,10 +102,18 @@ def enroll(
         raise EnrollError(f"{engine_url!r}: the engine's URL starts with https:// or http://")
     names = names or default_names()
     csr, key = pki.make_csr(names[0] if names else socket.gethostname(), names)
+    body_out = {"token": token, "csr": csr.decode()}
+    if spice_dir is True:
+        spice_dir = certs.spice_cert_dir()
+    spice_key = None
+    if isinstance(spice_dir, Path):
+        if certs.writable(spice_dir):
+            spice_csr, spice_key = pki.make_csr(names[0] if names else socket.gethostname())
+            body_out["spice_csr"] = spice_csr.decode()
+        else:
+            warnings.append(f"cannot write {spice_dir}: no SPICE certificate (enrol as root for SPICE TLS)")
     try:
-        reply = httpx.post(
-            url + ENROLL_PATH, json={"token": token, "csr": csr.decode()}, verify=verify, timeout=timeout
-        )
+        reply = httpx.post(url + ENROLL_PATH, json=body_out, verify=verify, timeout=timeout)
     except httpx.HTTPError as err:
         raise EnrollError(f"cannot reach the engine at {url}: {err}") from None
     if reply.status_code != 200:
@@ -116,6 +135,16 @@ def enroll(
         raise EnrollError("the engine's certificate is not signed by its CA: nothing written")
     if not pki.key_matches(cert, key):
         raise EnrollError("the engine's certificate is not for this host's key: nothing written")
+    spice_pem = (body.get("spice_certificate") or "").encode() if spice_key is not None else b""
+    if spice_key is not None and not spice_pem:
+        warnings.append("the engine signed no SPICE certificate: SPICE TLS keeps its present certificates")
+    spice_files: list[Path] = []
+    if spice_pem:
+        assert isinstance(spice_dir, Path) and spice_key is not None
+        try:
+            spice_files = certs.install_spice(spice_dir, ca_pem, spice_pem, spice_key)
+        except (certs.CertificateError, pki.PkiError, OSError) as err:
+            raise EnrollError(f"SPICE certificates: {err}") from None
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki.write_private(pki_dir / AGENT_KEY, key)
     pki.write_public(pki_dir / AGENT_CERT, cert_pem)
@@ -125,6 +154,7 @@ def enroll(
         fingerprint=pki.fingerprint(cert_pem),
         not_after=cert.not_valid_after_utc,
         names=pki.san_strings(cert),
-        files=[pki_dir / AGENT_CERT, pki_dir / AGENT_KEY, pki_dir / CA_CERT],
+        files=[pki_dir / AGENT_CERT, pki_dir / AGENT_KEY, pki_dir / CA_CERT, *spice_files],
         warnings=warnings,
+        spice_subject=pki.cert_subject_string(spice_pem) if spice_pem else None,
     )

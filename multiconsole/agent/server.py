@@ -122,4 +122,20 @@ def serve(manager: VmManager, host: str, port: int, ssl: dict | None = None) -> 
         timeout_graceful_shutdown=3,
         **(ssl or {}),
     )
+    if ssl:
+        cert, key = ssl["ssl_certfile"], ssl["ssl_keyfile"]
+
+        def reload() -> None:
+            # OpenSSL hands the context's new certificate to every later handshake.
+            if config.ssl is not None:
+                config.ssl.load_cert_chain(cert, key)
+
+        manager.certs.pki_dir = Path(cert).parent
+        manager.certs.reload = reload
+        if not manager.certs.spice_from_ca():
+            log.warning(
+                "QEMU's SPICE certificates in %s are not from the engine's CA: SPICE clients cannot "
+                "check this host; renew them (multiconsole host renew-cert) or enrol again",
+                manager.certs.spice_dir,
+            )
     uvicorn.Server(config).run()

@@ -19,7 +19,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from multiconsole.agent import domxml
+from multiconsole.agent import certs, domxml
 from multiconsole.agent.events import EventHub
 from multiconsole.agent.libvirtconn import Connection
 from multiconsole.agent.screenshot import MAX_BYTES as SCREENSHOT_MAX_BYTES
@@ -115,6 +115,8 @@ class VmManager:
             spice_tls=spice_tls_configured(uri),
         )
         self._caps: dict | None = None
+        # The host's certificates, for renewal by the engine (set by the server when it serves TLS).
+        self.certs = certs.Certificates(None, certs.spice_cert_dir() if self.host.spice_tls else None)
         self.recover()
 
     # --- set-up ------------------------------------------------------------------
@@ -391,7 +393,15 @@ class VmManager:
                 free = conn.getFreeMemory() // (1024 * 1024)
             except libvirt.libvirtError:
                 pass
-        return {**self._caps, "memTotal": info[1], "memFree": free, "cpuCores": info[2]}
+        # spiceTls read each time: enrolment or renewal may have installed the certificates since.
+        spice_tls = self.host.spice_tls and certs.spice_files_present(self.certs.spice_dir)
+        return {
+            **self._caps,
+            "memTotal": info[1],
+            "memFree": free,
+            "cpuCores": info[2],
+            "spiceTls": spice_tls,
+        }
 
     def _static_capabilities(self, conn: libvirt.virConnect) -> dict:
         graphics = [g.value for g in GraphicsType]
@@ -422,7 +432,7 @@ class VmManager:
             "videoTypes": video,
             "graphicsDevices": True,
             "legacyDisplay": True,
-            "spiceTls": self.host.spice_tls,
+            "spiceTls": False,  # see capabilities()
             "displayListen": self.host.listen_address,
             "clusterLevels": list(CLUSTER_LEVELS),
         }

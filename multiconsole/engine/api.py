@@ -10,6 +10,7 @@ import base64
 import binascii
 from collections.abc import Iterator
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
@@ -92,7 +93,26 @@ _basic = _Basic(auto_error=False, description="a user name and password")
 _bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/login")
 
 
+SESSION_COOKIE = "multiconsole_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a browser request comes from the engine's own pages (Origin, else Referer),
+    or from an origin the settings allow. Guards cookie-authenticated writes against CSRF."""
+    source = request.headers.get("origin")
+    if not source or source == "null":
+        referer = urlsplit(request.headers.get("referer") or "")
+        source = f"{referer.scheme}://{referer.netloc}" if referer.scheme and referer.netloc else ""
+    if not source:
+        return False
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    allowed = getattr(getattr(request.app.state, "settings", None), "allowed_origins", None) or []
+    return source.lower().rstrip("/") in {o.lower().rstrip("/") for o in (own, *allowed)}
+
+
 def current_user(
+    request: Request,
     session: Session = Depends(db, scope="function"),
     basic: HTTPBasicCredentials | None = Depends(_basic),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
@@ -100,9 +120,20 @@ def current_user(
     if bearer is not None:
         return auth.user_for_token(session, bearer.credentials)
     if basic is None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            # The web UI's session. SameSite=Strict already keeps other sites' requests
+            # cookie-less; the Origin check covers old browsers and sibling subdomains.
+            if request.method not in SAFE_METHODS and not same_origin(request):
+                raise permissions.Forbidden(
+                    None,
+                    "refused: a browser session may change things only from the engine's own pages "
+                    "(the Origin or Referer header names another site, or none)",
+                )
+            return auth.user_for_token(session, cookie)
         raise auth.Unauthorized(
-            "log in: this API needs a user name and password (HTTP Basic) "
-            "or a token from POST /api/v1/login (Authorization: Bearer)"
+            "log in: this API needs a user name and password (HTTP Basic), "
+            "a token from POST /api/v1/login (Authorization: Bearer) or the web UI's session cookie"
         )
     user = auth.verify(session, basic.username, basic.password)
     if user is None:
@@ -156,6 +187,8 @@ def login(
 
 @router.post("/logout", status_code=204)
 def logout(
+    request: Request,
+    response: Response,
     all: bool = Query(False, description="end every token of this user, not only this one"),
     session: Session = Depends(db, scope="function"),
     user: User = Depends(current_user),
@@ -166,6 +199,10 @@ def logout(
         auth.revoke_all(session, user)
     elif bearer is not None:
         auth.revoke_token(session, bearer.credentials)
+    elif request.cookies.get(SESSION_COOKIE):
+        auth.revoke_token(session, request.cookies[SESSION_COOKIE])
+    if request.cookies.get(SESSION_COOKIE):
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
 
 
 @router.get("/me", response_model=MeOut)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,10 +13,12 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db, enrollment
+from multiconsole.engine import api, auth, browser, consoles, db, enrollment, https
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
+from multiconsole.engine.ovirt import router as ovirt_api
+from multiconsole.engine.web import pages
 from multiconsole.pki import CertificateAuthority
 from multiconsole.proxy import tickets
 
@@ -39,6 +42,21 @@ class Settings:
     ticket_rate_limit: int = 30
     # The CA, the engine's client certificate: made on first start; default <data dir>/pki.
     pki_dir: str | None = None
+    # HTTPS for the API and web UI, wss for the proxy: the admin's tls_cert + tls_key, else with
+    # `https` a certificate from the engine's CA for `tls_names` (made, and renewed, at start).
+    https: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_names: list[str] = field(default_factory=lambda: list(https.LOCAL_NAMES))
+    # Failed password checks before a user name / a client address gets 429 for `login_window`
+    # seconds (0: no limit).
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
+    login_window: float = 300.0
+    # Hosts' certificates are checked this often (seconds; 0: never) and renewed over their
+    # mutual TLS when they end within `cert_renew_within_days`.
+    cert_renew_interval: float = 12 * 3600
+    cert_renew_within_days: int = 30
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,17 +93,58 @@ def _certificate_authority(settings: Settings) -> CertificateAuthority:
     return CertificateAuthority.load_or_create(settings.pki_dir or data_dir() / "pki")
 
 
+def _server_tls(settings: Settings, ca: CertificateAuthority) -> https.ServerTls | None:
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise https.HttpsSetupError("give both the certificate and its key (--tls-cert and --tls-key)")
+        return https.admin_certificate(settings.tls_cert, settings.tls_key)
+    if settings.https:
+        return https.own_certificate(ca, settings.tls_names)
+    return None
+
+
+class _ClientAddress:
+    """Tells `auth.verify` the caller's address (the login throttle counts by it), for every
+    route that checks a password, without each passing it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        token = auth.client_address.set(client[0] if client else None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            auth.client_address.reset(token)
+
+
 def make_app(settings: Settings) -> FastAPI:
     engine = db.make_engine(settings.db_url)
     db.migrate(engine)
     sessions = db.sessions(engine)
     with sessions() as session:
         generated = auth.ensure_admin(session, settings.admin_password)
+    login_throttle = auth.LoginThrottle(
+        settings.login_failures_per_user, settings.login_failures_per_address, settings.login_window
+    )
+    auth.install_throttle(engine, login_throttle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.monitor:
             app.state.monitor.start()
+        if settings.cert_renew_interval > 0:
+            app.state.renewer = enrollment.Renewer(
+                sessions,
+                app.state.agents,
+                app.state.ca,
+                settings.cert_renew_interval,
+                timedelta(days=settings.cert_renew_within_days),
+            )
+            app.state.renewer.start()
         if settings.proxy_port is not None:
             app.state.proxy = browser.make_proxy(
                 sessions,
@@ -93,11 +152,14 @@ def make_app(settings: Settings) -> FastAPI:
                 settings.allowed_origins,
                 settings.proxy_host,
                 settings.proxy_port,
+                ssl=app.state.tls.server_context() if app.state.tls else None,
             )
             await app.state.proxy.start()
         yield
         if app.state.proxy is not None:
             await app.state.proxy.stop()
+        if app.state.renewer is not None:
+            app.state.renewer.stop()
         app.state.monitor.stop()
         app.state.agents.close()
 
@@ -107,6 +169,8 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.db_engine = engine
     app.state.ca = _certificate_authority(settings)
     app.state.engine_tls = EngineTls.from_ca(app.state.ca)
+    app.state.tls = _server_tls(settings, app.state.ca)
+    app.state.login_throttle = login_throttle
     app.state.agents = Agents(tls=app.state.engine_tls)
     app.state.monitor = Monitor(
         sessions, interval=settings.monitor_interval, agents=Agents(timeout=5.0, tls=app.state.engine_tls)
@@ -116,17 +180,22 @@ def make_app(settings: Settings) -> FastAPI:
     )
     app.state.generated_admin_password = generated
     app.state.proxy = None
+    app.state.renewer = None
     app.state.ticket_limiter = auth.RateLimiter(settings.ticket_rate_limit, 60.0)
     app.state.proxy_key = tickets.load_or_create_key(settings.proxy_key_file or tickets.default_key_path())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(_ClientAddress)
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(enrollment.admin)
     app.include_router(enrollment.public)
     app.include_router(browser.router)
+    app.include_router(ovirt_api)  # oVirt's REST API v4 under /ovirt-engine (engine/ovirt/)
+    app.include_router(pages.router)  # the web UI (engine/web/pages.py)
+    app.mount(pages.STATIC_URL, StaticFiles(directory=pages.STATIC_DIR), name="ui")
     if browser.NOVNC_DIR.is_dir():
         app.mount("/static/novnc", StaticFiles(directory=browser.NOVNC_DIR), name="novnc")
     else:

@@ -10,11 +10,15 @@ Nothing here logs or echoes a password, a token or a ticket.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import logging
 import secrets
 import threading
 import time
+import weakref
 from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -24,6 +28,8 @@ from sqlalchemy.orm import Session, object_session
 
 from multiconsole.engine.db import LoginToken, Permission, User, now, utc
 from multiconsole.engine.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 ADMIN = "admin@internal"
 # Roles. The admin may do everything; the others add up.
@@ -142,7 +148,20 @@ def set_password(session: Session, name: str, password: str) -> None:
         _cache.clear()
 
 
-def verify(session: Session, name: str, password: str) -> User | None:
+def verify(session: Session, name: str, password: str, client: str | None = None) -> User | None:
+    """The user if `password` is theirs, else None. Every password check goes through here, so
+    the login-failure throttle (`LoginThrottled`, a 429) holds for every way of logging in.
+    `client`: the caller's address; by default the one of the request being served."""
+    throttle = throttle_for(session)
+    client = client if client is not None else client_address.get()
+    throttle.check(name, client)
+    user = _check_password(session, name, password)
+    if user is None:
+        throttle.failed(name, client)
+    return user
+
+
+def _check_password(session: Session, name: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         try:
@@ -250,3 +269,125 @@ class RateLimiter:
                 for k in [k for k, q in self._events.items() if not q or q[-1] <= t - self.window]:
                     del self._events[k]
             return None
+
+
+# --- login-failure throttle ------------------------------------------------------------------
+
+# The address of the client whose request is being served (set by the engine's middleware), so
+# that `verify` knows it without every caller passing it.
+client_address: contextvars.ContextVar[str | None] = contextvars.ContextVar("client_address", default=None)
+
+
+class LoginThrottled(TooManyRequests):
+    """429: too many failed logins for this user name or from this address, lately."""
+
+    def __init__(self, field: str | None, reason: str, retry_after: float):
+        super().__init__(reason, retry_after)
+        self.field = field
+
+
+@dataclass
+class _Failures:
+    times: deque = field(default_factory=deque)
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """After `per_user` failed password checks for one user name (or `per_address` from one
+    client address) within `window` seconds, every further attempt for it is refused with 429
+    for `window` seconds, right password or not; then counting starts afresh. A success resets
+    nothing: a guesser who also knows some valid account gains no attempts by using it.
+    0 turns a limit off. In memory: a restart forgets (a deliberate trade, like the ticket limits)."""
+
+    MAX_KEYS = 100_000
+
+    def __init__(self, per_user: int = 5, per_address: int = 20, window: float = 300.0, clock=time.monotonic):
+        self.per_user, self.per_address, self.window, self.clock = per_user, per_address, window, clock
+        self._keys: dict[tuple[str, str], _Failures] = {}
+        self._lock = threading.Lock()
+
+    def _limits(self, name: str, client: str | None):
+        yield ("user", name), self.per_user
+        if client:
+            yield ("address", client), self.per_address
+
+    def check(self, name: str, client: str | None) -> None:
+        """Raise LoginThrottled if `name` or `client` is locked out now."""
+        t = self.clock()
+        with self._lock:
+            for key, limit in self._limits(name, client):
+                entry = self._keys.get(key)
+                if limit and entry is not None and entry.locked_until > t:
+                    raise self._refusal(key, entry.locked_until - t)
+
+    def failed(self, name: str, client: str | None) -> None:
+        """Count a failed password check; lock the user name or address that reaches its limit."""
+        t = self.clock()
+        started = []
+        with self._lock:
+            for key, limit in self._limits(name, client):
+                if not limit:
+                    continue
+                entry = self._keys.setdefault(key, _Failures())
+                while entry.times and entry.times[0] <= t - self.window:
+                    entry.times.popleft()
+                entry.times.append(t)
+                if len(entry.times) >= limit:
+                    entry.times.clear()
+                    entry.locked_until = t + self.window
+                    started.append(key)
+            if len(self._keys) > self.MAX_KEYS:
+                self._prune(t)
+        for kind, value in started:
+            # The user name or address only: never what was typed as the password.
+            log.warning(
+                "login throttled %s=%s failures=%d window=%ds",
+                kind,
+                _quoted(value),
+                self.per_user if kind == "user" else self.per_address,
+                int(self.window),
+            )
+
+    def _prune(self, t: float) -> None:
+        for key in [
+            k
+            for k, e in self._keys.items()
+            if e.locked_until <= t and (not e.times or e.times[-1] <= t - self.window)
+        ]:
+            del self._keys[key]
+        while len(self._keys) > self.MAX_KEYS:  # still full (a flood of names): forget the oldest
+            del self._keys[next(iter(self._keys))]
+
+    def _refusal(self, key: tuple[str, str], seconds: float) -> LoginThrottled:
+        wait = max(1, int(seconds + 0.999))
+        if key[0] == "user":
+            return LoginThrottled(
+                "name",
+                f"too many failed logins for this user name: try again in {wait} s",
+                seconds,
+            )
+        return LoginThrottled(
+            None, f"too many failed logins from your address: try again in {wait} s", seconds
+        )
+
+
+def _quoted(text: str) -> str:
+    """A value safe on a key=value log line: quoted, control characters escaped, bounded."""
+    return repr(text[:128])
+
+
+# Each engine (one per database) registers its throttle; `verify` finds it from the session.
+_throttles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_default_throttle = LoginThrottle()
+
+
+def install_throttle(bind, throttle: LoginThrottle) -> None:
+    """Use `throttle` for password checks on sessions bound to `bind` (a SQLAlchemy engine)."""
+    _throttles[bind] = throttle
+
+
+def throttle_for(session: Session) -> LoginThrottle:
+    try:
+        return _throttles.get(session.get_bind(), _default_throttle)
+    except TypeError:
+        return _default_throttle

@@ -26,7 +26,11 @@ templates = Environment(loader=FileSystemLoader(WEB / "templates"), autoescape=s
 PROXY_TICKET_TTL = 120
 
 
-def make_proxy(sessions: sessionmaker, key: bytes, origins: list[str], host: str, port: int) -> ProxyServer:
+def make_proxy(
+    sessions: sessionmaker, key: bytes, origins: list[str], host: str, port: int, ssl=None
+) -> ProxyServer:
+    """The in-engine websocket proxy; `ssl` (the engine's server context) makes it wss://."""
+
     def still_there(claims: tickets.Claims) -> bool:
         """The port must still be that VM's console on that host, the VM still running, and
         the ticket's user must still have console_user on that VM."""
@@ -63,7 +67,7 @@ def make_proxy(sessions: sessionmaker, key: bytes, origins: list[str], host: str
     async def on_session(event: str, claims, peer) -> None:
         await asyncio.to_thread(record, event, claims, peer)
 
-    return ProxyServer(key, origins, host, port, target_check=target_check, on_session=on_session)
+    return ProxyServer(key, origins, host, port, ssl=ssl, target_check=target_check, on_session=on_session)
 
 
 router = APIRouter()
@@ -99,7 +103,8 @@ def proxy_ticket(
     token, claims = tickets.issue(
         request.app.state.proxy_key, vm.id, "vnc", host.address, t["port"], user.name, ttl=PROXY_TICKET_TTL
     )
-    scheme = "wss" if request.url.scheme == "https" else "ws"
+    # The proxy serves TLS exactly when the engine does (same certificate), whatever the request.
+    scheme = "wss" if proxy.ssl is not None else "ws"
     where = request.url.hostname or "127.0.0.1"
     where = f"[{where}]" if ":" in where else where
     return ProxyTicketOut(

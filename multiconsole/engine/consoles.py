@@ -203,6 +203,7 @@ def issue_ticket(
     )
     expires = now() + timedelta(seconds=ttl)
     return {
+        **_tls_details(agents, host, vm, console),
         "vm": vm.name,
         "vm_id": vm.id,
         "protocol": console.protocol,
@@ -212,6 +213,24 @@ def issue_ticket(
         "address": console.address,
         "port": console.port,
         "tls_port": console.tls_port,
+    }
+
+
+def _tls_details(agents: Agents, host: Host, vm: Vm, console: VmConsole) -> dict[str, Any]:
+    """What a SPICE client needs to check the host over TLS: the host's SPICE certificate
+    subject and the engine's CA (which signed it), and the channels the VM wants secure."""
+    if console.protocol != GraphicsType.SPICE.value or console.tls_port is None:
+        return {"host_subject": None, "ca": None, "secure_channels": []}
+    ca = None
+    if host.spice_subject and agents.tls is not None:
+        try:
+            ca = agents.tls.ca_file.read_text()
+        except OSError as err:
+            log.warning("cannot read the CA for console files: %s", err)
+    return {
+        "host_subject": host.spice_subject if ca else None,
+        "ca": ca,
+        "secure_channels": list(DisplayConfig.from_json(vm.display).spice_secure_channels),
     }
 
 

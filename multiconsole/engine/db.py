@@ -110,6 +110,9 @@ class Host(Base):
     # the agent must present; None for a host added as insecure (plain HTTP).
     certificate: Mapped[str | None] = mapped_column(Text)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(80))
+    # The subject of the host's SPICE TLS certificate ("O=multiconsole,CN=kvm1"), the `.vv`'s
+    # host-subject; None when the host has none from this engine's CA.
+    spice_subject: Mapped[str | None] = mapped_column(String(255))
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")
 
 
@@ -127,6 +130,7 @@ class EnrollmentToken(Base):
     used_at: Mapped[datetime | None] = mapped_column()
     certificate: Mapped[str | None] = mapped_column(Text)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(80))
+    spice_subject: Mapped[str | None] = mapped_column(String(255))
 
 
 class Template(Base):

@@ -83,12 +83,15 @@ class HostOut(BaseModel):
     # The certificate the host enrolled with (None: reached over plain HTTP).
     cert_fingerprint: str | None = None
     cert_expires: Time | None = None
+    # The subject of its SPICE TLS certificate (the `.vv`'s host-subject), when it has one.
+    spice_subject: str | None = None
 
     @classmethod
     def of(cls, h: Host) -> HostOut:
         return cls(
             cert_fingerprint=h.cert_fingerprint,
             cert_expires=_cert_expires(h.certificate),
+            spice_subject=h.spice_subject,
             id=h.id,
             name=h.name,
             address=h.address,
@@ -327,6 +330,12 @@ class TicketOut(BaseModel):
     address: str
     port: int | None
     tls_port: int | None
+    # SPICE over TLS: the host's certificate subject and the engine's CA (PEM) to check it
+    # with, and the channels the VM wants secure (what a .vv's host-subject, ca and
+    # secure-channels say).
+    host_subject: str | None = None
+    ca: str | None = None
+    secure_channels: list[str] = Field(default_factory=list)
 
 
 class UserIn(In):

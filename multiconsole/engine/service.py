@@ -151,7 +151,7 @@ def add_host(
     c = get_cluster(session, cluster)
     if session.scalar(select(Host).where(Host.address == address, Host.port == port)):
         raise Conflict("address", f"a host at {address}:{port} is already registered")
-    certificate = fingerprint = None
+    certificate = fingerprint = spice_subject = None
     if not insecure:
         enrolment = host_enrolment(session, name)
         if enrolment is None:
@@ -163,6 +163,7 @@ def add_host(
                 422,
             )
         certificate, fingerprint = enrolment.certificate, enrolment.cert_fingerprint
+        spice_subject = enrolment.spice_subject  # the .vv's host-subject for its SPICE TLS
     try:
         caps = agents.for_address(address, port, fingerprint, name).call("Host.getCapabilities")
     except CertificateMismatch as err:
@@ -188,6 +189,7 @@ def add_host(
         last_seen=now(),
         certificate=certificate,
         cert_fingerprint=fingerprint,
+        spice_subject=spice_subject,
     )
     session.add(host)
     session.flush()

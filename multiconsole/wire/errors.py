@@ -15,6 +15,7 @@ class ErrorCode(IntEnum):
     NO_SUCH_DEVICE = 101
     VM_NOT_RUNNING = 102
     CONSOLE_IN_USE = 103
+    CERTIFICATE_REFUSED = 110
 
 
 MESSAGES = {
@@ -29,4 +30,5 @@ MESSAGES = {
     ErrorCode.NO_SUCH_DEVICE: "the VM has no such device",
     ErrorCode.VM_NOT_RUNNING: "the VM is not running",
     ErrorCode.CONSOLE_IN_USE: "a client is connected to the console",
+    ErrorCode.CERTIFICATE_REFUSED: "the host cannot make or install that certificate",
 }

@@ -13,6 +13,7 @@ from multiconsole.domain.errors import FieldError
 
 MIME = "application/x-virt-viewer"
 SECURE_CHANNELS = "main;inputs;cursor;playback;record;display;smartcard;usbredir"
+CHANNELS = frozenset(SECURE_CHANNELS.split(";"))
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class ViewerFile:
     ca_pem: str | None = None
     host_subject: str | None = None
     proxy: str | None = None
+    # The channels the client must open over TLS (the VM's SPICE secure channels);
+    # None: all of them.
+    secure_channels: tuple[str, ...] | None = None
 
 
 def _clean(field: str, value: object) -> str:
@@ -60,15 +64,20 @@ def render(vv: ViewerFile) -> str:
             body.append(f"tls-port={int(vv.tls_port)}")
         body += ["enable-smartcard=0", "enable-usb-autoshare=0"]
         if vv.tls_port is not None:
-            body += [
-                "tls-ciphers=DEFAULT",
-                f"secure-channels={SECURE_CHANNELS}",
-            ]
+            body.append("tls-ciphers=DEFAULT")
+            channels = SECURE_CHANNELS if vv.secure_channels is None else ";".join(vv.secure_channels)
+            if any(c not in CHANNELS for c in channels.split(";") if c):
+                raise FieldError("secure_channels", f"SPICE channels are {', '.join(sorted(CHANNELS))}")
+            if channels:
+                body.append(f"secure-channels={channels}")
             if vv.host_subject:
                 body.append(f"host-subject={_clean('host_subject', vv.host_subject)}")
             if vv.ca_pem:
                 # virt-viewer reads the CA as one line with literal \n between lines.
-                body.append("ca=" + vv.ca_pem.strip().replace("\r", "").replace("\n", "\\n"))
+                ca = vv.ca_pem.strip().replace("\r", "")
+                if not ca.startswith("-----BEGIN CERTIFICATE-----") or "[" in ca or "\\" in ca:
+                    raise FieldError("ca", "must be PEM certificates")
+                body.append("ca=" + ca.replace("\n", "\\n"))
     if vv.proxy:
         body.append(f"proxy={_clean('proxy', vv.proxy)}")
     return "\n".join(body) + "\n"
@@ -85,6 +94,17 @@ def from_ticket(ticket: dict, proxy: str | None = None) -> str:
             ttl=ticket["ttl"],
             title=ticket["vm"],
             tls_port=ticket["tls_port"],
+            host_subject=ticket.get("host_subject"),
+            ca_pem=ticket.get("ca"),
+            secure_channels=_secure_channels(ticket),
             proxy=proxy,
         )
     )
+
+
+def _secure_channels(ticket: dict) -> tuple[str, ...] | None:
+    """The VM's secure channels; none set: all when the file can check the host (it has the
+    CA), else none (the client could not verify the server)."""
+    if ticket.get("secure_channels"):
+        return tuple(ticket["secure_channels"])
+    return None if ticket.get("ca") else ()

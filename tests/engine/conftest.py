@@ -111,3 +111,10 @@ def error(reply, status, field=None):
     if field is not None:
         assert body["field"] == field, body
     return body
+
+
+@pytest.fixture(autouse=True)
+def _own_spice_dir(tmp_path_factory, monkeypatch):
+    """Enrolments here run as root with throwaway CAs: keep them out of the SPICE
+    certificates real QEMU reads (/etc/pki/libvirt-spice), which integration tests use."""
+    monkeypatch.setenv("MULTICONSOLE_SPICE_DIR", str(tmp_path_factory.mktemp("spice")))

@@ -1,9 +1,11 @@
-"""The browser console: noVNC in Debian's Chromium through the engine's websocket proxy,
-and the proxy's refusals against a real VM."""
+"""The browser console: noVNC in Debian's Chromium through the engine's websocket proxy, over
+https + wss (the engine's own certificate, pinned in Chromium) and over plain http + ws
+(--insecure), and the proxy's refusals against a real VM."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 import httpx
@@ -29,10 +31,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-def engine(tmp_path, agent_proc):
+@pytest.fixture(params=["https", "http"])
+def engine(request, tmp_path, agent_proc):
+    """The engine with its proxy: https + wss on its own certificate, or plain http + ws."""
     port, proxy_port = free_port(), free_port()
-    origin = f"http://127.0.0.1:{port}"
+    scheme = request.param
+    origin = f"{scheme}://127.0.0.1:{port}"
     app = make_app(
         Settings(
             db_url=f"sqlite:///{tmp_path / 'e.db'}",
@@ -40,11 +44,17 @@ def engine(tmp_path, agent_proc):
             monitor_interval=1,
             proxy_port=proxy_port,
             proxy_key_file=str(tmp_path / "proxy.key"),
+            pki_dir=str(tmp_path / "pki"),
             allowed_origins=[origin],
+            https=scheme == "https",
         )
     )
-    server = ThreadServer(app, port=port).start()
-    http = httpx.Client(base_url=server.url, auth=ADMIN, timeout=60)
+    tls = app.state.tls
+    served_tls = {"ssl_certfile": str(tls.cert_path), "ssl_keyfile": str(tls.key_path)} if tls else {}
+    server = ThreadServer(app, port=port, **served_tls).start()
+    # Our CA only, verification on: what the CLI does.
+    app.state.client_tls = ssl.create_default_context(cafile=app.state.ca.cert_path) if tls else None
+    http = httpx.Client(base_url=server.url, auth=ADMIN, timeout=60, verify=app.state.client_tls or True)
     reply = http.post("/api/v1/clusters", json={"name": "c"})
     assert reply.status_code == 201, reply.text
     reply = http.post(
@@ -72,19 +82,26 @@ def engine(tmp_path, agent_proc):
 def test_novnc_in_chromium_shows_the_vm_screen(engine):
     from playwright.sync_api import sync_playwright
 
-    server, http, start, _app, tmp_path = engine
+    server, http, start, app, tmp_path = engine
     name = f"it-web-{time.monotonic_ns() % 10**6}"
     start(name)
     time.sleep(2)  # let the BIOS draw
+    args = list(CHROMIUM_ARGS)
+    if app.state.tls is not None:
+        # Trust exactly the engine's certificate (page and wss), not any certificate at all.
+        args.append(f"--ignore-certificate-errors-spki-list={app.state.tls.spki_sha256_b64()}")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
         try:
             page = browser.new_context(
                 http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
                 viewport={"width": 900, "height": 600},
             ).new_page()
+            sockets = []
+            page.on("websocket", lambda ws: sockets.append(ws.url))
             page.goto(f"{server.url}/console/{name}")
             page.wait_for_selector("body[data-state=connected]", timeout=30000)
+            assert sockets and all(u.startswith("wss://" if app.state.tls else "ws://") for u in sockets)
             canvas = page.locator("#screen canvas")
             canvas.wait_for(timeout=10000)
             shot = tmp_path / "canvas.png"
@@ -94,10 +111,10 @@ def test_novnc_in_chromium_shows_the_vm_screen(engine):
                 if colours(shot) > 2 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
-            page.screenshot(path=str(artifacts_dir() / "browser-console-page.png"))
+            page.screenshot(path=str(artifacts_dir() / f"browser-console-page-{server.url[:5]}.png"))
         finally:
             browser.close()
-    (artifacts_dir() / "browser-console-canvas.png").write_bytes(shot.read_bytes())
+    (artifacts_dir() / f"browser-console-canvas-{server.url[:5]}.png").write_bytes(shot.read_bytes())
     with Image.open(shot) as im:
         assert im.width > 300 and im.height > 150
     assert colours(shot) > 2, "the noVNC canvas is blank"
@@ -105,35 +122,40 @@ def test_novnc_in_chromium_shows_the_vm_screen(engine):
     assert "browser console opened" in events and "console ticket issued" in events
 
 
-async def _open(url: str, origin: str | None) -> bytes:
+async def _open(url: str, origin: str | None, tls: ssl.SSLContext | None = None) -> bytes:
     headers = {"Origin": origin} if origin else {}
+    kw = {"ssl": tls} if url.startswith("wss://") else {}
     async with websockets.connect(
-        url, additional_headers=headers, subprotocols=["binary"], open_timeout=10, compression=None
+        url, additional_headers=headers, subprotocols=["binary"], open_timeout=10, compression=None, **kw
     ) as ws:
         return await asyncio.wait_for(ws.recv(), 10)
 
 
-def _refused(url: str, origin: str | None) -> bool:
-    try:
-        asyncio.run(_open(url, origin))
-    except websockets.exceptions.InvalidStatus as err:
-        return err.response.status_code == 403
-    return False
-
-
+@pytest.mark.parametrize("engine", ["https"], indirect=True)
 def test_proxy_refusals_against_real_vms(engine):
     server, http, start, app, _tmp = engine
     origin = server.url
+    tls = app.state.client_tls
+
+    def _refused(url: str, origin: str | None) -> bool:
+        try:
+            asyncio.run(_open(url, origin, tls))
+        except websockets.exceptions.InvalidStatus as err:
+            return err.response.status_code == 403
+        return False
+
     a = start(f"it-pa-{time.monotonic_ns() % 10**6}")
     b = start(f"it-pb-{time.monotonic_ns() % 10**6}")
     ticket = http.post(f"/api/v1/vms/{a['name']}/consoles/vnc/proxy-ticket", json={}).json()
     url = ticket["url"]
+    assert url.startswith("wss://")
     # The ticket works once: the VNC banner arrives through the proxy.
-    assert asyncio.run(_open(url, origin)).startswith(b"RFB ")
+    assert asyncio.run(_open(url, origin, tls)).startswith(b"RFB ")
     assert _refused(url, origin), "a replayed ticket was accepted"
 
     fresh = http.post(f"/api/v1/vms/{a['name']}/consoles/vnc/proxy-ticket", json={}).json()["url"]
-    assert _refused(fresh, "http://evil.example:8080"), "a wrong Origin was accepted"
+    assert _refused(fresh, "https://evil.example:8443"), "a wrong Origin was accepted"
+    assert _refused(fresh, origin.replace("https://", "http://")), "the engine's http Origin was accepted"
     assert _refused(fresh, None), "a missing Origin was accepted"
     base, token = fresh.rsplit("/", 1)
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
@@ -154,3 +176,42 @@ def test_proxy_refusals_against_real_vms(engine):
     events = [e["event"] for e in http.get("/api/v1/audit", params={"vm": a["name"]}).json()]
     assert events.count("browser console opened") == 1
     assert "browser console refused" in events
+
+
+def test_chromium_trusts_only_the_pinned_engine_certificate(tmp_path):
+    """The SPKI pin is what makes Chromium accept the engine (no global "ignore errors"):
+    without it the page does not load."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    app = make_app(
+        Settings(
+            db_url=f"sqlite:///{tmp_path / 'e.db'}",
+            admin_password=ADMIN[1],
+            monitor=False,
+            proxy_port=None,
+            proxy_key_file=str(tmp_path / "proxy.key"),
+            pki_dir=str(tmp_path / "pki"),
+            https=True,
+        )
+    )
+    tls = app.state.tls
+    server = ThreadServer(app, ssl_certfile=str(tls.cert_path), ssl_keyfile=str(tls.key_path)).start()
+    try:
+        with sync_playwright() as p:
+            pinned = f"--ignore-certificate-errors-spki-list={tls.spki_sha256_b64()}"
+            for args, loads in ((CHROMIUM_ARGS, False), ([*CHROMIUM_ARGS, pinned], True)):
+                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+                try:
+                    page = browser.new_page()
+                    try:
+                        reply = page.goto(f"{server.url}/docs", timeout=15000)
+                        loaded = reply is not None and reply.ok
+                    except PlaywrightError as err:
+                        assert "ERR_CERT" in str(err), err
+                        loaded = False
+                    assert loaded == loads, args
+                finally:
+                    browser.close()
+    finally:
+        server.stop()

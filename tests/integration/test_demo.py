@@ -50,7 +50,8 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
             assert time.monotonic() < deadline, "the demo did not come up"
             time.sleep(0.5)
         text = (tmp_path / "demo.out").read_text()
-        assert f"http://127.0.0.1:{engine_port}" in text
+        assert f"Engine: https://127.0.0.1:{engine_port}" in text
+        assert f"http://127.0.0.1:{engine_port}" not in text
 
         # VNC: the command the demo prints.
         m = re.search(r"vncdotool -s ([\d.]+)::(\d+) -p (\S+) capture", text)
@@ -64,7 +65,10 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         assert capture_screen(spice_capture, int(spice["port"]), spice["password"], tmp_path / "s.png") == 0
         assert colours(tmp_path / "vnc.png") > 1 and colours(tmp_path / "s.png") > 1
 
-        # The CLI needs no flags afterwards: the demo wrote its settings.
+        # The CLI needs no flags afterwards: the demo wrote its settings and the engine's CA, and
+        # the CLI checks the engine's certificate against it (no MULTICONSOLE_DATA to find it by).
+        env = {k: v for k, v in env.items() if k != "MULTICONSOLE_DATA"}
+        env["HOME"] = str(tmp_path / "home")
         cli = subprocess.run(
             [sys.executable, "-m", "multiconsole.cli", "vm", "consoles", "demo", "--json"],
             env=env,

@@ -76,7 +76,15 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     manager = VmManager(f"test://{node}")
     agent = Served(make_agent_app(manager))
     engine = Served(
-        make_app(Settings(db_url=f"sqlite:///{tmp / 'engine.db'}", admin_password=PASSWORD, monitor=False))
+        make_app(
+            # No websocket proxy: its port 6100 may be taken by another run.
+            Settings(
+                db_url=f"sqlite:///{tmp / 'engine.db'}",
+                admin_password=PASSWORD,
+                monitor=False,
+                proxy_port=None,
+            )
+        )
     )
     yield Stack(engine, agent)
     engine.stop()
@@ -325,12 +333,12 @@ def test_resolution_order(isolated):
         "MULTICONSOLE_USER": "envuser",
         "MULTICONSOLE_PASSWORD": "env-pw",
     }
-    assert resolve(environ={}, settings={}) == client_mod.Connection("http://127.0.0.1:8080", USER, None)
+    assert resolve(environ={}, settings={}) == client_mod.Connection("https://127.0.0.1:8443", USER, None)
     assert resolve(environ={}, settings=file) == client_mod.Connection(
         "http://saved:8080", "saver", "saved-pw"
     )
     assert resolve(environ=env, settings=file) == client_mod.Connection(
-        "http://envhost:9000", "envuser", "env-pw"
+        "https://envhost:9000", "envuser", "env-pw"
     )
     assert resolve("http://flag/api/v1/", "flaguser", "flag-pw", environ=env, settings=file) == (
         client_mod.Connection("http://flag", "flaguser", "flag-pw")

@@ -23,6 +23,8 @@ METHODS = {
     "VM.setTicket",
     "VM.updateDevice",
     "VM.screenshot",
+    "Host.certificateRequest",
+    "Host.installCertificate",
 }
 BOTH = {
     "vmId": VM_ID,
@@ -615,6 +617,7 @@ def test_schema_has_every_method_with_params_and_result(rpc):
         "101": "the VM has no such device",
         "102": "the VM is not running",
         "103": "a client is connected to the console",
+        "110": "the host cannot make or install that certificate",
     }
 
 

@@ -1,0 +1,79 @@
+"""Who is calling the oVirt API, and the database session of the request.
+
+The SDK sends `Authorization: Bearer <token>` with a token from /ovirt-engine/sso; the token
+is one of the engine's login tokens, so it works on /api/v1 too and a logout ends both.
+HTTP Basic (user name and password) is accepted as oVirt's API accepts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from multiconsole.engine import api, auth
+from multiconsole.engine.db import User
+from multiconsole.engine.errors import EngineError
+from multiconsole.engine.ovirt.xml import MAX_BODY
+from multiconsole.engine.permissions import Grants
+
+INTERNAL = "@internal"
+
+# One session per request, committed before the response leaves (the engine's own).
+db = api.db
+
+
+def user_by_login_name(session: Session, name: str) -> str:
+    """oVirt names users `name@domain`: our users log in with or without `@internal`
+    (admin@internal is stored with it)."""
+    if name.endswith(INTERNAL) and session.scalar(select(User.id).where(User.name == name)) is None:
+        return name[: -len(INTERNAL)]
+    return name
+
+
+def _basic(param: str) -> tuple[str, str]:
+    try:
+        text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise auth.Unauthorized("the Basic credentials are not base64 of name:password", "Bearer") from None
+    name, sep, password = text.partition(":")
+    if not sep:
+        raise auth.Unauthorized("the Basic credentials are not base64 of name:password", "Bearer")
+    return name, password
+
+
+def current_user(request: Request, session: Session = Depends(db, scope="function")) -> User:
+    scheme, _, param = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer":
+        return auth.user_for_token(session, param.strip())
+    if scheme.lower() == "basic":
+        name, password = _basic(param)
+        user = auth.verify(session, user_by_login_name(session, name), password)
+        if user is None:
+            raise auth.Unauthorized("wrong user name or password", "Bearer")
+        return user
+    raise auth.Unauthorized(
+        "log in: POST /ovirt-engine/sso/oauth/token for a token, then send Authorization: Bearer <token>",
+        "Bearer",
+    )
+
+
+def grants(session: Session = Depends(db, scope="function"), user: User = Depends(current_user)) -> Grants:
+    return Grants.load(session, user)
+
+
+def api_version(version: str | None = Header(None)) -> None:
+    """Only version 4 of the API is spoken (the SDK 4.x sends `Version: 4`)."""
+    if version is not None and version.strip() not in ("4", ""):
+        raise EngineError("Version", f"API version {version.strip()!r} is not supported: only 4", 400)
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request body, read before the (synchronous) handler runs; parsed by xml.parse."""
+    length = request.headers.get("content-length", "0")
+    if not length.isdigit() or int(length) > MAX_BODY:
+        raise EngineError("body", f"the request body must be at most {MAX_BODY} bytes", 400)
+    return await request.body()
