@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import platform
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,8 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import libvirt
+from agentproc import AgentProcess
 from rich.console import Console
 from rich.table import Table
 
@@ -153,102 +151,25 @@ def live_ports_ok(xml: str) -> bool:
 _AGENTS: list[Agent] = []
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the bench dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Agent:
-    """`multiconsole agent --insecure` on a free loopback port, and clients for it."""
+class Agent(AgentProcess):
+    """An agent on a free loopback port (TCG), waited for, with a JSON-RPC client."""
 
     def __init__(self, uri: str, log_dir: Path, label: str):
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_dir / f"agent-{label}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "multiconsole.cli",
-                "agent",
-                "--insecure",
-                "--libvirt-uri",
-                uri,
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--virt-type",
-                "qemu",
-                "--display-listen",
-                "127.0.0.1",
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        super().__init__(uri, free_port(), log_dir / f"agent-{label}.log", virt_type="qemu")
         _AGENTS.append(self)
-        self.t_ready = self._wait_ready()
+        self.t_ready = self.wait_ready()
         self.client = AgentClient(self.url, timeout=600)
-        self.http = httpx.Client(timeout=600)
-        self._ids = iter(range(1, 1 << 62))
-
-    def _wait_ready(self, seconds: float = 60) -> float:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"agent exited with {self.proc.returncode}; see {self.log_path}:\n"
-                    + self.log_path.read_text()[-2000:]
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return time.perf_counter() - t0
-            time.sleep(0.05)
-        raise RuntimeError(f"agent at {self.url} did not answer in {seconds} s")
 
     def call(self, method: str, **params: Any) -> Any:
         return self.client.call(method, **params)
 
-    def batch(self, calls: list[tuple[str, dict]]) -> list[Any]:
-        """One JSON-RPC batch request; results in call order, the first error raised."""
-        reqs = [{"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": p} for m, p in calls]
-        reply = self.http.post(f"{self.url}/jsonrpc", json=reqs)
-        reply.raise_for_status()
-        by_id = {r.get("id"): r for r in reply.json()}
-        results = []
-        for req in reqs:
-            r = by_id.get(req["id"])
-            if r is None:
-                raise RuntimeError(f"{req['method']}: no reply in the batch")
-            if "error" in r:
-                err = r["error"]
-                raise AgentCallError(req["method"], err.get("code", 0), err.get("message", ""))
-            results.append(r["result"])
-        return results
-
     def create_many(self, specs: list[tuple[str, dict]]) -> list[dict]:
-        """VM.create for every (vmId, vmParams), BATCH per request."""
-        replies = []
-        for i in range(0, len(specs), BATCH):
-            chunk = specs[i : i + BATCH]
-            replies += self.batch([("VM.create", {"vmID": v, "vmParams": p}) for v, p in chunk])
-        return [r["vmList"] for r in replies]
+        return super().create_many(specs, BATCH)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-            self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+        super().stop()
         if self in _AGENTS:
             _AGENTS.remove(self)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import gc
 import os
 import platform
@@ -34,7 +33,6 @@ import signal
 import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,8 +44,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
+from agentproc import AgentProcess
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import event, func, select
@@ -55,7 +53,7 @@ from sqlalchemy.engine import Engine
 
 from multiconsole.domain.display import DisplayConfig
 from multiconsole.engine import builder, db, service
-from multiconsole.engine.broker import AgentCallError, AgentClient
+from multiconsole.engine.broker import AgentClient
 from multiconsole.engine.db import Cluster, Host, Vm
 from multiconsole.engine.hosts import Agents
 from multiconsole.engine.monitor import CAPS_EVERY, Monitor
@@ -138,12 +136,6 @@ def machine_counters() -> tuple[int, int]:
     return values[3] + values[4], sum(values)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the bench dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def free_ports(n: int) -> list[int]:
     """n distinct free loopback ports (all bound at once, so no duplicates)."""
     socks = []
@@ -164,89 +156,22 @@ _AGENTS: list[Agent] = []
 _AGENTS_LOCK = threading.Lock()
 
 
-class Agent:
-    """`multiconsole agent --insecure` on a test driver of its own; started, not yet waited for."""
+class Agent(AgentProcess):
+    """An agent on a test driver of its own; started, not yet waited for."""
 
     def __init__(self, index: int, port: int, tmp: Path):
-        self.index, self.port = index, port
-        self.name = f"host{index:02d}"
-        node = tmp / f"host{index:02d}.xml"
+        self.index, self.name = index, f"host{index:02d}"
+        node = tmp / f"{self.name}.xml"
         node.write_text(HOST_NODE_XML)
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = tmp / f"agent-{self.name}.log"
-        self._log = self.log_path.open("wb")
-        self.t_start = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "multiconsole.cli",
-                "agent",
-                "--insecure",
-                "--libvirt-uri",
-                f"test://{node}",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--display-listen",
-                "127.0.0.1",
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        super().__init__(f"test://{node}", port, tmp / f"agent-{self.name}.log")
         with _AGENTS_LOCK:
             _AGENTS.append(self)
-        self.http = httpx.Client(timeout=300)
-        self._ids = iter(range(1, 1 << 62))
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(
-                f"agent {self.name} exited with {self.proc.returncode}; see {self.log_path}:\n"
-                + self.log_path.read_text()[-2000:]
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            return self.http.get(f"{self.url}/health", timeout=1).status_code == 200
-        return False
 
     def cpu(self) -> float:
         return proc_cpu(self.proc.pid)
 
     def create_many(self, specs: list[tuple[str, dict]]) -> None:
-        """VM.create for every (vmId, vmParams), BATCH per JSON-RPC batch request."""
-        for i in range(0, len(specs), BATCH):
-            reqs = [
-                {
-                    "jsonrpc": "2.0",
-                    "id": next(self._ids),
-                    "method": "VM.create",
-                    "params": {"vmID": v, "vmParams": p},
-                }
-                for v, p in specs[i : i + BATCH]
-            ]
-            reply = self.http.post(f"{self.url}/jsonrpc", json=reqs)
-            reply.raise_for_status()
-            for r in reply.json():
-                if "error" in r:
-                    err = r["error"]
-                    raise AgentCallError("VM.create", err.get("code", 0), err.get("message", ""))
-
-    def terminate(self) -> None:
-        with contextlib.suppress(Exception):
-            self.http.close()
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.terminate()
-
-    def reap(self) -> None:
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
+        super().create_many(specs, BATCH)
 
 
 def start_agents(n: int, tmp: Path, timeout: float = 180) -> tuple[list[Agent], float, float]:

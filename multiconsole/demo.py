@@ -229,6 +229,7 @@ def run(
             soft_wrap=True,
             highlight=False,
         )
+        out.print(f"Web UI: {engine_url}/  (log in as {auth.ADMIN})", soft_wrap=True, highlight=False)
         out.print(
             "The CLI works with no flags here, e.g. .venv/bin/multiconsole vm consoles demo",
             soft_wrap=True,

@@ -37,7 +37,9 @@ def make_proxy(
         with sessions() as session:
             console = session.get(VmConsole, (claims.vm, claims.console))
             vm = session.get(Vm, claims.vm)
-            if console is None or vm is None or vm.status not in consoles.RUNNING or vm.host_id is None:
+            if console is None or vm is None or vm.host_id is None:
+                return False
+            if vm.status not in consoles.CONSOLE_STATES:
                 return False
             h = session.get(Host, vm.host_id)
             if console.port != claims.port or h is None or h.address != claims.host:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 TICKET_TTL_DEFAULT = 120
 TICKET_TTL_MAX = 7200
-RUNNING = ("Up", "Paused", "PoweringUp")
+# States in which a console can be opened (tickets set, .vv files served).
+CONSOLE_STATES = ("Up", "Paused", "PoweringUp")
 AUDIT_EVENTS = (
     "console ticket issued",
     "console connected",
@@ -79,7 +80,7 @@ def _protocol(protocol: str) -> GraphicsType:
 def running_console(session: Session, key: str, protocol: str) -> tuple[Vm, VmConsole]:
     vm = get_vm(session, key)
     gtype = _protocol(protocol)
-    if vm.status not in RUNNING:
+    if vm.status not in CONSOLE_STATES:
         raise Conflict("status", f"VM {vm.name!r} is {vm.status}: consoles open only while it runs")
     console = next((c for c in vm.consoles if c.protocol == gtype.value), None)
     if console is None:

@@ -145,7 +145,7 @@ class Monitor:
             host.status = "NonResponsive"
         if host.status == "NonResponsive":
             for vm in session.scalars(select(Vm).where(Vm.host_id == host.id)):
-                if vm.status in service.RUNNING:
+                if vm.status in service.ON_HOST:
                     vm.status = "Unknown"
 
     def _apply(self, session, host: Host, stats: list[dict], client: AgentClient, asked_at) -> None:
@@ -160,7 +160,7 @@ class Monitor:
                 continue  # started or stopped while these stats were on their way
             s = by_id.get(vm.id)
             if s is None:
-                if vm.host_id == host.id and vm.status in service.RUNNING:
+                if vm.host_id == host.id and vm.status in service.ON_HOST:
                     service.mark_down(vm, "no longer running on its host")
                 continue
             if s.get("status") == "Down":

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.:\-\[\]]{0,254}$")
-RUNNING = ("PoweringUp", "Up", "Paused", "PoweringDown", "Unknown", "Migrating")
+# States in which a host holds the VM: its memory is used there, the host cannot be removed.
+ON_HOST = ("PoweringUp", "Up", "Paused", "PoweringDown", "Unknown", "Migrating")
 # Agent status -> engine status.
 AGENT_STATUS = {
     "Up": "Up",
@@ -225,7 +226,7 @@ def get_host(session: Session, key: str) -> Host:
 def set_host_maintenance(session: Session, key: str, on: bool) -> Host:
     host = get_host(session, key)
     if on:
-        if session.scalar(select(Vm.id).where(Vm.host_id == host.id, Vm.status.in_(RUNNING)).limit(1)):
+        if session.scalar(select(Vm.id).where(Vm.host_id == host.id, Vm.status.in_(ON_HOST)).limit(1)):
             raise Conflict("host", f"host {host.name!r} still runs VMs: stop them first")
         host.status = "Maintenance"
     elif host.status == "Maintenance":
@@ -236,7 +237,7 @@ def set_host_maintenance(session: Session, key: str, on: bool) -> Host:
 
 def delete_host(session: Session, key: str) -> None:
     host = get_host(session, key)
-    if session.scalar(select(Vm.id).where(Vm.host_id == host.id, Vm.status.in_(RUNNING)).limit(1)):
+    if session.scalar(select(Vm.id).where(Vm.host_id == host.id, Vm.status.in_(ON_HOST)).limit(1)):
         raise Conflict("host", f"host {host.name!r} still runs VMs")
     session.delete(host)
 
@@ -391,11 +392,11 @@ def update_vm(session: Session, key: str, fields: dict[str, Any]) -> Vm:
     """Edit a VM. Hardware and display changes of a running VM wait for its next start."""
     vm = get_vm(session, key)
     if fields.get("name") is not None and fields["name"] != vm.name:
-        if vm.status in RUNNING:
+        if vm.status in ON_HOST:
             raise Conflict("name", "a running VM cannot be renamed")
         _unique(session, Vm, check_name(fields["name"]), "VM", vm.id)
         vm.name = fields["name"]
-    running = vm.status in RUNNING
+    running = vm.status in ON_HOST
     pending = dict(vm.next_run or {}) if running else {}
     current = DisplayConfig.from_json(pending.get("display", vm.display))
     display = display_from_fields(fields, current)
@@ -420,7 +421,7 @@ def update_vm(session: Session, key: str, fields: dict[str, Any]) -> Vm:
 
 def delete_vm(session: Session, key: str) -> None:
     vm = get_vm(session, key)
-    if vm.status in RUNNING:
+    if vm.status in ON_HOST:
         raise Conflict("status", f"VM {vm.name!r} is {vm.status}: stop it first")
     session.delete(vm)
 
@@ -439,7 +440,7 @@ def _pick_host(session: Session, vm: Vm, display: DisplayConfig) -> Host:
     reasons = []
     busy: dict[str, int] = {}
     for vm_host_id, mem in session.execute(
-        select(Vm.host_id, Vm.memory_mib).where(Vm.status.in_(RUNNING), Vm.host_id.is_not(None))
+        select(Vm.host_id, Vm.memory_mib).where(Vm.status.in_(ON_HOST), Vm.host_id.is_not(None))
     ):
         busy[vm_host_id] = busy.get(vm_host_id, 0) + mem
     candidates = []
@@ -473,7 +474,7 @@ def _pick_host(session: Session, vm: Vm, display: DisplayConfig) -> Host:
 
 def start_vm(session: Session, agents: Agents, key: str) -> Vm:
     vm = get_vm(session, key)
-    if vm.status in RUNNING:
+    if vm.status in ON_HOST:
         raise Conflict("status", f"VM {vm.name!r} is already {vm.status}")
     pending = dict(vm.next_run) if vm.next_run else None
     _apply_next_run(vm)
@@ -509,7 +510,7 @@ def start_vm(session: Session, agents: Agents, key: str) -> Vm:
 
 def stop_vm(session: Session, agents: Agents, key: str) -> Vm:
     vm = get_vm(session, key)
-    if vm.status not in RUNNING and vm.status != "Suspended":
+    if vm.status not in ON_HOST and vm.status != "Suspended":
         raise Conflict("status", f"VM {vm.name!r} is not running ({vm.status})")
     host = session.get(Host, vm.host_id) if vm.host_id else None
     if host is not None:

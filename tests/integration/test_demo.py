@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import httpx
+
 from tests.integration.clients import capture_screen, colours, spice_capture, vnc_capture
 from tests.integration.conftest import free_port
 
@@ -52,6 +54,11 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         text = (tmp_path / "demo.out").read_text()
         assert f"Engine: https://127.0.0.1:{engine_port}" in text
         assert f"http://127.0.0.1:{engine_port}" not in text
+        # The web UI, over HTTPS checked against the demo's CA.
+        assert f"Web UI: https://127.0.0.1:{engine_port}/" in text
+        ca = str(tmp_path / "data" / "pki" / "ca-cert.pem")
+        page = httpx.get(f"https://127.0.0.1:{engine_port}/ui/login", verify=ca, timeout=30)
+        assert page.status_code == 200 and 'name="password"' in page.text
 
         # VNC: the command the demo prints.
         m = re.search(r"vncdotool -s ([\d.]+)::(\d+) -p (\S+) capture", text)
@@ -62,6 +69,9 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         vv.read(tmp_path / "data" / "demo" / "demo-spice.vv")
         spice = vv["virt-viewer"]
         assert spice["type"] == "spice"
+        # SPICE over TLS too: the file names the TLS port, the CA and the host's subject.
+        assert int(spice["tls-port"]) > 0 and "BEGIN CERTIFICATE" in spice["ca"]
+        assert spice["host-subject"].startswith("O=multiconsole,CN=")
         assert capture_screen(spice_capture, int(spice["port"]), spice["password"], tmp_path / "s.png") == 0
         assert colours(tmp_path / "vnc.png") > 1 and colours(tmp_path / "s.png") > 1
 

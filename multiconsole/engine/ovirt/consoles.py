@@ -219,7 +219,7 @@ def _viewer_file(request: Request, session: Session, g: Grants, vm: Vm, console_
     """The remote-viewer file of a running VM's console (a fresh 120 s ticket); None when
     the VM does not run."""
     vm, gtype = _console_vm(session, g, vm.id, console_id)
-    if vm.status not in engine_consoles.RUNNING:
+    if vm.status not in engine_consoles.CONSOLE_STATES:
         return None
     api.ticket_rate(request, g.user)
     t = engine_consoles.issue_ticket(

@@ -14,7 +14,7 @@ from multiconsole.engine.ovirt import consoles, render, search, sso, vms, xml
 from multiconsole.engine.ovirt.deps import api_version, db, grants
 from multiconsole.engine.ovirt.faults import FaultRoute
 from multiconsole.engine.permissions import Grants
-from multiconsole.engine.service import RUNNING
+from multiconsole.engine.service import ON_HOST
 
 api_router = APIRouter(
     prefix="/ovirt-engine/api",
@@ -31,7 +31,7 @@ def root(session: Session = Depends(db, scope="function"), g: Grants = Depends(g
     """The entry point; the SDK's connection.test() reads it."""
     vm_filter = g.vm_filter()
     total = session.scalar(select(func.count()).select_from(Vm).where(vm_filter)) or 0
-    up = session.scalar(select(func.count()).select_from(Vm).where(vm_filter, Vm.status.in_(RUNNING))) or 0
+    up = session.scalar(select(func.count()).select_from(Vm).where(vm_filter, Vm.status.in_(ON_HOST))) or 0
     hq = select(Host)
     visible = g.visible_cluster_ids(session)
     if visible is not None:
