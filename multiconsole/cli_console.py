@@ -39,21 +39,31 @@ def register(app: typer.Typer) -> None:
         if browser:
             if protocol != "vnc":
                 usage_error("the browser console is VNC: use --protocol vnc")
-            url = f"{run.client.url}/console/{name}"
+            url = f"{run.client.url}/console/{name}" + ("?take_over=true" if take_over else "")
             run.show({"url": url}, lambda: run.say(f"opening {url}"))
-            webbrowser.open(url)
+            if not webbrowser.open(url):
+                typer.echo(f"error: no web browser could be started: open {url} yourself", err=True)
+                raise typer.Exit(1)
             return
+        viewer = None
+        if open_viewer:
+            # Before the ticket: setting one may disconnect whoever holds the console.
+            viewer = shutil.which("remote-viewer")
+            if viewer is None:
+                usage_error("remote-viewer is not installed (Debian: apt-get install virt-viewer)")
         t = run.post("vms", name, "consoles", protocol, "ticket", body={"ttl": ttl, "take_over": take_over})
         if vv is not None or open_viewer:
             text = vvfile.from_ticket(t)
-            if open_viewer:
-                viewer = shutil.which("remote-viewer")
-                if viewer is None:
-                    usage_error("remote-viewer is not installed (Debian: apt-get install virt-viewer)")
+            if viewer is not None:
                 fd, tmp = tempfile.mkstemp(suffix=".vv")  # mode 0600; remote-viewer deletes it
                 with os.fdopen(fd, "w") as f:
                     f.write(text)
-                subprocess.Popen([viewer, tmp], stdin=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    subprocess.Popen([viewer, tmp], stdin=subprocess.DEVNULL, start_new_session=True)
+                except OSError as err:
+                    os.unlink(tmp)  # it holds the password
+                    typer.echo(f"error: cannot run {viewer}: {err.strerror}", err=True)
+                    raise typer.Exit(1) from None
                 run.show({**t, "file": tmp}, lambda: run.say(f"remote-viewer opened for {t['vm']}"))
                 return
             vv.write_text(text)
