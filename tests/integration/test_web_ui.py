@@ -2,6 +2,7 @@
 on real QEMU: log in, the New VM dialog, start, consoles and their launcher (.vv download,
 noVNC in the browser), the engine's rules explained inline, the next-start badge, a user
 without console permission, templates and a VM made from one. One VM is started, and reused.
+A second test takes over a console another user's remote-viewer really holds.
 
 Screenshots of every page and dialog go to artifacts/web/.
 """
@@ -18,7 +19,7 @@ from multiconsole.engine.app import Settings, make_app
 from multiconsole.engine.db import VmConsole
 from tests.conftest import artifacts_dir
 from tests.engine.conftest import ADMIN
-from tests.integration.clients import colours
+from tests.integration.clients import VirtualScreen, colours, spice_capture, stop
 from tests.integration.test_browser_console import CHROMIUM_ARGS
 from tests.support.servers import ThreadServer, free_port
 
@@ -333,3 +334,139 @@ def str_digits():
     import re
 
     return re.compile(r"^\d+$")
+
+
+HOLDER = ("it-web-holder", "holder-password")
+
+
+def test_taking_over_a_console_a_real_client_holds(engine, tmp_path):
+    """A second user's remote-viewer holds the SPICE console (its ticket from the REST API);
+    the VMs page shows them as its holder from the host's graphics event; the admin's
+    launcher warns, and taking over issues a take_over ticket that disconnects them."""
+    from playwright.sync_api import expect, sync_playwright
+
+    server, http, _ = engine
+    shots = artifacts_dir() / "web"
+    shots.mkdir(parents=True, exist_ok=True)
+    vm = f"it-web-held-{time.monotonic_ns() % 10**6}"
+
+    def ok(reply, status=200):
+        assert reply.status_code == status, reply.text
+        return reply.json()
+
+    def wait_for(predicate, what, seconds=30):
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def holder():
+        current = ok(http.get(f"/api/v1/vms/{vm}/consoles"))["current"]
+        return next(c["holder"] for c in current if c["protocol"] == "spice")
+
+    def events():
+        return [
+            (e["event"], e["user"], e["detail"]) for e in ok(http.get("/api/v1/audit", params={"vm": vm}))
+        ]
+
+    body = {"name": vm, "cluster": "c", "memory_mib": 64, "video": "qxl", "consoles": ["spice", "vnc"]}
+    ok(http.post("/api/v1/vms", json=body), 201)
+    # Not an admin, no role but console_user, and that on this VM only.
+    ok(http.post("/api/v1/users", json={"name": HOLDER[0], "password": HOLDER[1]}), 201)
+    perm = {"user": HOLDER[0], "role": "console_user", "object_type": "vm", "object": vm}
+    ok(http.post("/api/v1/permissions", json=perm), 201)
+    assert http.get("/api/v1/users", auth=HOLDER).status_code == 403
+
+    screen = VirtualScreen()
+    viewer = None
+    try:
+        ok(http.post(f"/api/v1/vms/{vm}/start"))
+        url = f"/api/v1/vms/{vm}/consoles/spice/ticket"
+        wait_for(lambda: http.get(f"/api/v1/vms/{vm}").json()["status"] == "Up", "the VM to run")
+        wait_for(
+            lambda: any(
+                c["protocol"] == "spice" and c["port"]
+                for c in http.get(f"/api/v1/vms/{vm}").json()["consoles"]
+            ),
+            "the SPICE port",
+        )
+        # --- the second user's ticket (REST, Basic auth) and their remote-viewer ------------
+        t = ok(http.post(url, json={"ttl": 120}, auth=HOLDER))
+        vv_path = tmp_path / "holder.vv"
+        vv_path.touch(mode=0o600)
+        vv_path.write_text(
+            f"[virt-viewer]\ntype=spice\nhost={t['address']}\nport={t['port']}\npassword={t['password']}\n"
+            f"title={vm} (held)\n"
+        )
+        viewer = screen.run("remote-viewer", str(vv_path))
+        wait_for(lambda: holder() == HOLDER[0], "remote-viewer to connect")
+        assert viewer.poll() is None
+        assert events() == [
+            ("console ticket issued", HOLDER[0], "valid 120 s, existing client: fail"),
+            ("console connected", HOLDER[0], ""),
+        ]
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+                page = context.new_page()
+                page.set_default_timeout(20000)
+                page.goto(f"{server.url}/ui/login")
+                page.get_by_label("User name").fill(ADMIN[0])
+                page.get_by_label("Password").fill(ADMIN[1])
+                page.get_by_role("button", name="Log in").click()
+                expect(page).to_have_url(f"{server.url}/ui/vms")
+
+                # --- the VMs page names the holder the engine learned from the event -------
+                row = page.locator(f'tr[data-vm="{vm}"]')
+                spice = row.locator('li.console[data-protocol="spice"]')
+                expect(spice.locator(".holder")).to_have_text(f"in use by {HOLDER[0]} from 127.0.0.1")
+                expect(row.locator('li.console[data-protocol="vnc"] .holder')).to_have_text(
+                    "nobody connected"
+                )
+                page.screenshot(path=str(shots / "22-console-held-by-a-real-client.png"))
+
+                # --- the admin's launcher warns; taking over downloads a fresh .vv ---------
+                row.get_by_role("button", name="SPICE in remote-viewer").click()
+                warning = page.locator("#takeover-dialog")
+                expect(warning).to_contain_text(f"The SPICE console of {vm} is in use by {HOLDER[0]}.")
+                expect(warning).to_contain_text("Taking it over disconnects them")
+                page.screenshot(path=str(shots / "23-takeover-warning-real-holder.png"))
+                with page.expect_download() as download:
+                    warning.get_by_role("button", name="Take over").click()
+                vv = configparser.ConfigParser(interpolation=None)
+                vv.read_string(open(download.value.path()).read())
+                v = vv["virt-viewer"]
+                assert download.value.suggested_filename == f"{vm}-spice.vv"
+                assert v["type"] == "spice" and v["port"] == str(t["port"]) and len(v["password"]) == 8
+                assert v["password"] != t["password"]
+                expect(page.locator("#ticket-dialog").get_by_label("One-time password")).to_have_value(
+                    v["password"]
+                )
+                page.locator("#ticket-dialog").get_by_role("button", name="Close").click()
+
+                # --- QEMU dropped the first client: the engine saw it leave ----------------
+                wait_for(lambda: holder() is None, f"{HOLDER[0]}'s remote-viewer to be disconnected")
+                wait_for(lambda: viewer.poll() is not None, "remote-viewer to exit", seconds=15)
+                taken = ok(http.get("/api/v1/audit", params={"vm": vm, "event": "console taken over"}))
+                assert [(e["user"], e["protocol"], e["client_address"]) for e in taken] == [
+                    (ADMIN[0], "spice", "127.0.0.1")
+                ]
+                assert events()[2:] == [
+                    ("console taken over", ADMIN[0], f"from {HOLDER[0]}"),
+                    ("console ticket issued", ADMIN[0], "valid 120 s, existing client: disconnect"),
+                    ("console disconnected", HOLDER[0], ""),
+                ]
+                expect(spice.locator(".holder")).to_have_text("nobody connected", timeout=10000)
+                page.screenshot(path=str(shots / "24-console-taken-over.png"))
+            finally:
+                browser.close()
+        # The downloaded .vv's password opens the console; the first client's no longer does.
+        assert spice_capture(t["port"], t["password"], tmp_path / "old.png") == 1
+        assert spice_capture(t["port"], v["password"], tmp_path / "new.png") == 0
+    finally:
+        if viewer is not None:
+            stop(viewer)
+        screen.close()
+        http.post(f"/api/v1/vms/{vm}/stop")

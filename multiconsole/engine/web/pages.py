@@ -125,7 +125,9 @@ async def login_form(request: Request):
 
     def refuse(message: str, status: int, headers: dict | None = None) -> HTMLResponse:
         page = _render("login.html", status, next=target, error=message, name=name)
-        page.headers.update(headers or {})  # e.g. Retry-After of the login throttle
+        # Retry-After of the login throttle only: a WWW-Authenticate challenge on this 401
+        # page would make the browser replace it with its own password prompt.
+        page.headers.update({k: v for k, v in (headers or {}).items() if k.lower() == "retry-after"})
         return page
 
     # Login CSRF: a foreign page must not log the browser in as somebody else.
