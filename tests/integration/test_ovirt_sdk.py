@@ -53,8 +53,8 @@ SPICE_VV_KEYS = {"enable-smartcard", "enable-usb-autoshare"}
 class Engine:
     """The engine served in a thread; `api` is its /api/v1 as the admin.
 
-    HTTP for now; `https=True` serves it with the certificate from its CA (engine/https.py) and
-    the SDK then checks it with `ca_file=<pki>/ca-cert.pem` instead of `insecure=True`."""
+    HTTPS as a real engine serves it: the certificate from its CA (engine/https.py), which the
+    SDK checks with `ca_file=<pki>/ca-cert.pem`; `https=False`: plain HTTP, `insecure=True`."""
 
     def __init__(self, tmp: Path, https: bool = False):
         settings = Settings(
@@ -96,9 +96,9 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engine(agent_proc, tmp_path_factory):
-    # MULTICONSOLE_OVIRT_TEST_HTTPS=1: the same tests over HTTPS with the CA as ca_file.
+    # MULTICONSOLE_OVIRT_TEST_HTTP=1: the same tests over plain HTTP (the SDK with insecure=True).
     e = Engine(
-        tmp_path_factory.mktemp("ovirt-engine"), https=os.environ.get("MULTICONSOLE_OVIRT_TEST_HTTPS") == "1"
+        tmp_path_factory.mktemp("ovirt-engine"), https=os.environ.get("MULTICONSOLE_OVIRT_TEST_HTTP") != "1"
     )
     e.ok(e.api.post("/api/v1/clusters", json={"name": "Default", "compat_level": "4.7"}), 201)
     e.ok(
