@@ -7,6 +7,7 @@ import configparser
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -57,7 +58,8 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         # The web UI, over HTTPS checked against the demo's CA.
         assert f"Web UI: https://127.0.0.1:{engine_port}/" in text
         ca = str(tmp_path / "data" / "pki" / "ca-cert.pem")
-        page = httpx.get(f"https://127.0.0.1:{engine_port}/ui/login", verify=ca, timeout=30)
+        verify = ssl.create_default_context(cafile=ca)
+        page = httpx.get(f"https://127.0.0.1:{engine_port}/ui/login", verify=verify, timeout=30)
         assert page.status_code == 200 and 'name="password"' in page.text
 
         # VNC: the command the demo prints.
