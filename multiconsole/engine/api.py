@@ -6,8 +6,6 @@ checks their roles on the object it touches (engine/permissions.py has the table
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterator
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -80,12 +78,9 @@ class _Basic(HTTPBasic):
         if scheme.lower() != "basic":
             return None
         try:
-            text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError, binascii.Error):
+            name, password = auth.basic_credentials(param)
+        except ValueError:
             raise auth.Unauthorized("log in: the Basic credentials are not base64 of name:password") from None
-        name, sep, password = text.partition(":")
-        if not sep:
-            raise auth.Unauthorized("log in: the Basic credentials are not base64 of name:password")
         return HTTPBasicCredentials(username=name, password=password)
 
 

@@ -10,6 +10,8 @@ Nothing here logs or echoes a password, a token or a ticket.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextvars
 import hashlib
 import logging
@@ -64,6 +66,19 @@ class TooManyRequests(EngineError):
     def __init__(self, reason: str, retry_after: float):
         super().__init__(None, reason)
         self.headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+
+
+def basic_credentials(param: str) -> tuple[str, str]:
+    """(name, password) of an HTTP Basic `Authorization` parameter, read as UTF-8; ValueError
+    when it is not base64 of name:password."""
+    try:
+        text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ValueError("not base64 of name:password") from None
+    name, sep, password = text.partition(":")
+    if not sep:
+        raise ValueError("not base64 of name:password")
+    return name, password
 
 
 def system_roles(session: Session, user: User) -> list[str]:

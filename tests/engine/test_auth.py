@@ -243,3 +243,14 @@ def test_logs_mask_credentials():
         record = logging.LogRecord("x", logging.INFO, __file__, 1, message, (), None)
         assert MaskSecrets().filter(record)
         assert secret not in record.getMessage() and "***" in record.getMessage(), record.getMessage()
+
+
+def test_basic_credentials_are_base64_of_name_colon_password():
+    import base64
+
+    from multiconsole.engine.auth import basic_credentials
+
+    assert basic_credentials(base64.b64encode("zoë:a:b".encode()).decode()) == ("zoë", "a:b")
+    for bad in ("not base64!", base64.b64encode(b"no colon").decode(), base64.b64encode(b"\xff:x").decode()):
+        with pytest.raises(ValueError):
+            basic_credentials(bad)

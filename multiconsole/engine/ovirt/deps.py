@@ -7,9 +7,6 @@ HTTP Basic (user name and password) is accepted as oVirt's API accepts it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,23 +31,16 @@ def user_by_login_name(session: Session, name: str) -> str:
     return name
 
 
-def _basic(param: str) -> tuple[str, str]:
-    try:
-        text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise auth.Unauthorized("the Basic credentials are not base64 of name:password", "Bearer") from None
-    name, sep, password = text.partition(":")
-    if not sep:
-        raise auth.Unauthorized("the Basic credentials are not base64 of name:password", "Bearer")
-    return name, password
-
-
 def current_user(request: Request, session: Session = Depends(db, scope="function")) -> User:
     scheme, _, param = (request.headers.get("Authorization") or "").partition(" ")
     if scheme.lower() == "bearer":
         return auth.user_for_token(session, param.strip())
     if scheme.lower() == "basic":
-        name, password = _basic(param)
+        try:
+            name, password = auth.basic_credentials(param)
+        except ValueError:
+            reason = "the Basic credentials are not base64 of name:password"
+            raise auth.Unauthorized(reason, "Bearer") from None
         user = auth.verify(session, user_by_login_name(session, name), password)
         if user is None:
             raise auth.Unauthorized("wrong user name or password", "Bearer")
