@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
+from multiconsole.paths import data_dir
+
 DEFAULT_URL = "https://127.0.0.1:8443"
 DEFAULT_USER = "admin@internal"
 ENV_URL = "MULTICONSOLE_URL"
@@ -221,11 +223,8 @@ def trusted_cas(explicit: str | None = None, extra: str | None = None) -> ssl.SS
 
 
 def _found_cas() -> list[Path]:
-    env = os.environ.get("MULTICONSOLE_DATA")
-    data = Path(env) if env else Path("/var/lib/multiconsole") if os.geteuid() == 0 else None
-    if data is None:
-        data = Path.home() / ".local/share/multiconsole"
-    return [p for p in (ca_path(), data / "pki" / "ca-cert.pem") if p.is_file()]
+    local_ca = data_dir(create=False) / "pki" / "ca-cert.pem"  # an engine on this machine
+    return [p for p in (ca_path(), local_ca) if p.is_file()]
 
 
 # --- the client ------------------------------------------------------------------------

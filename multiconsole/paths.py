@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 
-def data_dir() -> Path:
-    """$MULTICONSOLE_DATA, else /var/lib/multiconsole for root, else ~/.local/share/multiconsole."""
+def data_dir(create: bool = True) -> Path:
+    """$MULTICONSOLE_DATA, else /var/lib/multiconsole for root, else ~/.local/share/multiconsole;
+    made unless `create` is False (a client only looking for files there)."""
     env = os.environ.get("MULTICONSOLE_DATA")
     if env:
         path = Path(env)
@@ -15,5 +16,6 @@ def data_dir() -> Path:
         path = Path("/var/lib/multiconsole")
     else:
         path = Path.home() / ".local/share/multiconsole"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
