@@ -134,6 +134,12 @@ class VmStats(BaseModel):
     displayIp: str
     additionalDisplayPort: str = Field(description="VNC's port when SPICE is the primary console")
     consoleClients: list[ConsoleClient]
+    consoleClientsSince: float = Field(
+        description="epoch seconds since which the agent knows console clients (its start)"
+    )
+    exitCode: int | None = Field(None, description="a Down VM: 0 it stopped normally, 1 on an error")
+    exitReason: int | None = Field(None, description="a Down VM: why, in vdsm's numbers (vmexitreason)")
+    exitMessage: str | None = Field(None, description="a Down VM: why, in words")
 
 
 class VmListEntry(BaseModel):

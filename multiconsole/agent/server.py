@@ -39,12 +39,19 @@ def make_app(manager: VmManager) -> FastAPI:
 
     @app.get("/events")
     async def events(request: Request) -> StreamingResponse:
-        """Server-sent events: lifecycle and console (graphics) events as JSON."""
-        sub = manager.events.subscribe()
+        """Server-sent events: lifecycle and console (graphics) events as JSON, each with its
+        id. A reader that sends Last-Event-ID gets what it missed first; a `reset` event
+        (no id) tells it when that is not everything (the agent restarted, or the id is too old)."""
+        sub, replay = manager.events.subscribe(request.headers.get("last-event-id"))
 
         async def stream():
             try:
-                yield ": multiconsole agent events\n\n"
+                yield f": multiconsole agent events, boot {manager.events.boot}\n\n"
+                if replay.lost:
+                    reset = {"event": "reset", "boot": manager.events.boot, "reason": replay.lost}
+                    yield f"event: reset\ndata: {json.dumps(reset)}\n\n"
+                for event in replay.events:
+                    yield _sse(event)
                 while True:
                     try:
                         event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_SECONDS)
@@ -53,7 +60,7 @@ def make_app(manager: VmManager) -> FastAPI:
                             return
                         yield ": keepalive\n\n"
                         continue
-                    yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n"
+                    yield _sse(event)
             finally:
                 manager.events.unsubscribe(sub)
 
@@ -64,6 +71,10 @@ def make_app(manager: VmManager) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _sse(event: dict) -> str:
+    return f"id: {event['id']}\nevent: {event['event']}\ndata: {json.dumps(event)}\n\n"
 
 
 class TlsSetupError(Exception):

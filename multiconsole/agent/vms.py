@@ -28,6 +28,7 @@ from multiconsole.domain.devices import VNC_PASSWORD_MAX, GraphicsType, VideoMod
 from multiconsole.domain.display import CLUSTER_LEVELS
 from multiconsole.domain.errors import FieldError
 from multiconsole.wire.errors import MESSAGES, ErrorCode
+from multiconsole.wire.exits import ExitReason, VmExit
 from multiconsole.wire.stats import display_stats
 from multiconsole.wire.vmcreate import parse_vm_params
 
@@ -57,6 +58,36 @@ GRAPHICS_PHASES = {
     libvirt.VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE: "initialize",
     libvirt.VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT: "disconnect",
 }
+# Why a stopped domain stopped: libvirt's shut-off state reason -> vdsm's exit reason.
+SHUTOFF_EXITS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: VmExit.of(ExitReason.USER_SHUTDOWN),
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: VmExit.of(ExitReason.ADMIN_SHUTDOWN),
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: VmExit.of(
+        ExitReason.LOST_QEMU_CONNECTION, "QEMU exited: crashed or killed"
+    ),
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: VmExit.of(ExitReason.LIBVIRT_START_FAILED),
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: VmExit.of(ExitReason.SAVE_STATE_SUCCEEDED),
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: VmExit.of(ExitReason.MIGRATION_SUCCEEDED),
+}
+# The same from a lifecycle event's "stopped" detail.
+STOPPED_EXITS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: SHUTOFF_EXITS[libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN],
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: SHUTOFF_EXITS[libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED],
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: SHUTOFF_EXITS[libvirt.VIR_DOMAIN_SHUTOFF_CRASHED],
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: SHUTOFF_EXITS[libvirt.VIR_DOMAIN_SHUTOFF_CRASHED],
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: SHUTOFF_EXITS[libvirt.VIR_DOMAIN_SHUTOFF_SAVED],
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: SHUTOFF_EXITS[libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED],
+}
+GUEST_CRASHED = VmExit.of(ExitReason.GENERIC_ERROR, "the guest crashed")
+
+
+def exit_of(state: int, reason: int) -> VmExit:
+    """Why a domain in `state` (with libvirt's state `reason`) is down."""
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return GUEST_CRASHED
+    return SHUTOFF_EXITS.get(reason, VmExit.of(ExitReason.SUCCESS))
+
+
 TICKET_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 TTL_MAX = 7 * 24 * 3600
 CONN_ACTIONS = ("disconnect", "keep", "fail")
@@ -162,9 +193,12 @@ class VmManager:
         status = LIFECYCLE.get(event)
         if vm_id not in self._known or status is None:
             return
+        event_ = {"event": "lifecycle", "vmId": vm_id, "status": status, "detail": detail}
         if status == "Down":
             self.events.forget(vm_id)
-        self.events.publish({"event": "lifecycle", "vmId": vm_id, "status": status, "detail": detail})
+            why = GUEST_CRASHED if event == libvirt.VIR_DOMAIN_EVENT_CRASHED else STOPPED_EXITS.get(detail)
+            event_.update((why or VmExit.of(ExitReason.SUCCESS)).to_stats())
+        self.events.publish(event_)
 
     def _on_graphics(self, _conn, dom, phase, local, remote, auth_scheme, _subject, _opaque) -> None:
         vm_id = dom.UUIDString()
@@ -296,6 +330,8 @@ class VmManager:
         status = STATUS.get(state, "Unknown")
         running = status in ("Up", "Paused", "Powering down")
         consoles = self._remember_ports(vm_id, xml) if running else []
+        # A Down VM says why, as vdsm does; libvirt keeps the reason with the stopped domain.
+        exit_ = exit_of(*dom.state()).to_stats() if status == "Down" else {}
         return {
             "vmId": vm_id,
             "vmName": dom.name(),
@@ -305,6 +341,9 @@ class VmManager:
             "cpuTime": cpu_time,
             **display_stats(consoles),
             "consoleClients": self.events.console_clients(vm_id) if running else [],
+            # Clients that connected before this time (the agent's start) are unknown to it.
+            "consoleClientsSince": round(self.events.started, 3),
+            **exit_,
         }
 
     def stats(self, vm_id: str) -> list[dict]:

@@ -85,10 +85,14 @@ class AgentClient:
         return body["result"]
 
     @contextmanager
-    def events(self, timeout: httpx.Timeout = EVENTS_TIMEOUT) -> Iterator[httpx.Response]:
-        """The agent's event stream (server-sent events), on this client's connection settings."""
+    def events(
+        self, last_event_id: str | None = None, timeout: httpx.Timeout = EVENTS_TIMEOUT
+    ) -> Iterator[httpx.Response]:
+        """The agent's event stream (server-sent events), on this client's connection settings;
+        with `last_event_id`, starting with what came after that event."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         with self._http.stream(
-            "GET", f"{self.url}/events", timeout=timeout, extensions=self._extensions
+            "GET", f"{self.url}/events", timeout=timeout, headers=headers, extensions=self._extensions
         ) as reply:
             reply.raise_for_status()
             yield reply

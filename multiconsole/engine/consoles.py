@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -37,6 +37,7 @@ AUDIT_EVENTS = (
     "console connected",
     "console disconnected",
     "console taken over",
+    "VM crashed",
 )
 
 
@@ -253,18 +254,74 @@ def on_agent_event(sessions: sessionmaker, host_id: str, event: dict) -> None:
         if console is None:
             return
         ip = event.get("clientIp") or None
+        # When it happened: an event may come late (replayed after a reconnect).
+        at = _agent_time(event.get("time")) or now()
         newcomer = console.ticket_user and console.holder not in (None, console.ticket_user)
         if phase == "initialize" and (console.holder is None or newcomer):
-            console.holder = console.ticket_user or "unknown"
-            console.client_address = ip
-            console.connected_at = now()
-            audit(session, "console connected", console.holder, vm, proto, ip)
+            _connected(session, vm, console, ip, at)
         elif phase == "disconnect" and console.holder is not None:
             remaining = [c for c in event.get("clients", []) if c.get("type") == proto]
             if not remaining:
-                audit(session, "console disconnected", console.holder, vm, proto, console.client_address)
-                console.holder = console.client_address = console.connected_at = None
+                _disconnected(session, vm, console, at)
         session.commit()
+
+
+def _connected(session: Session, vm: Vm, console: VmConsole, ip: str | None, at: datetime, detail="") -> None:
+    console.holder = console.ticket_user or "unknown"
+    console.client_address = ip
+    console.connected_at = at
+    console.session_at = now()
+    audit(session, "console connected", console.holder, vm, console.protocol, ip, detail, at=at)
+
+
+def _disconnected(session: Session, vm: Vm, console: VmConsole, at: datetime | None, detail="") -> None:
+    audit(
+        session,
+        "console disconnected",
+        console.holder,
+        vm,
+        console.protocol,
+        console.client_address,
+        detail,
+        at=at,
+    )
+    console.holder = console.client_address = console.connected_at = None
+    console.session_at = now()
+
+
+def _agent_time(value: object) -> datetime | None:
+    """An agent's epoch seconds as a time, or None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def reconcile_sessions(session: Session, vm: Vm, stats: dict, asked_at: datetime) -> None:
+    """Correct who holds the VM's consoles from the clients its host's stats list
+    (`consoleClients`), for sessions whose events were lost (an agent restarted, a stream
+    reconnected). Sessions changed after the stats were asked for are newer news: kept."""
+    clients = stats.get("consoleClients")
+    if not isinstance(clients, list):
+        return  # an older agent: it does not say
+    known_since = _agent_time(stats.get("consoleClientsSince"))
+    for console in vm.consoles:
+        if console.session_at is not None and utc(console.session_at) >= asked_at:
+            continue
+        mine = [c for c in clients if isinstance(c, dict) and c.get("type") == console.protocol]
+        if mine and console.holder is None:
+            first = min(mine, key=lambda c: c.get("since") or 0)
+            ip = first.get("ipAddress") if isinstance(first.get("ipAddress"), str) else None
+            at = _agent_time(first.get("since")) or now()
+            _connected(session, vm, console, ip, at, "found by polling the host (its event was lost)")
+        elif not mine and console.holder is not None:
+            # The host knows only clients that connected since it started: of an older
+            # session it cannot say it ended.
+            connected = utc(console.connected_at)
+            if known_since is not None and connected is not None and connected >= known_since:
+                _disconnected(session, vm, console, None, "found by polling the host (its event was lost)")
 
 
 def audit_entries(

@@ -160,6 +160,11 @@ class Vm(Base):
     next_run: Mapped[dict[str, Any] | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(32), default="Down")
     status_reason: Mapped[str] = mapped_column(String(1024), default="")
+    # Why it last went down, as its host said (vdsm's exitCode, exitReason, exitMessage:
+    # wire/exits.py); None while it runs and before its first stop.
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    exit_reason: Mapped[int | None] = mapped_column(Integer)
+    exit_message: Mapped[str | None] = mapped_column(String(1024))
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=now)
     started_at: Mapped[datetime | None] = mapped_column()
@@ -190,6 +195,9 @@ class VmConsole(Base):
     holder: Mapped[str | None] = mapped_column(String(128))
     client_address: Mapped[str | None] = mapped_column(String(255))
     connected_at: Mapped[datetime | None] = mapped_column()
+    # When the engine last changed `holder` (an event or the poll): a poll asked before
+    # that has older news and must not undo it.
+    session_at: Mapped[datetime | None] = mapped_column()
 
 
 class AuditEntry(Base):

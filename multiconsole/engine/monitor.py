@@ -1,9 +1,14 @@
 """Host monitoring: poll every host's VM stats, follow its event stream, move states along.
 
-Polls each Up (or NonResponsive) host every `interval` seconds with Host.getAllVmStats;
+Polls each Up (or NonResponsive) host every `interval` seconds with Host.getAllVmStats,
+the first time as soon as it starts (what the database says of a host may be old);
 an event from a host's stream (a VM stopped, a console connected) polls that host at
 once. After `max_failures` failed polls in a row a host is NonResponsive and its VMs
 Unknown; the next good poll brings both back.
+
+A host's stream is followed from its first good poll on, and re-followed at once when it
+drops (short backoff), asking for the events missed (Last-Event-ID). The poll also
+corrects console sessions whose events were lost anyway (consoles.reconcile_sessions).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload, sessionmaker
 
-from multiconsole.engine import service
+from multiconsole.engine import consoles, service
 from multiconsole.engine.broker import AgentCallError, AgentClient
 from multiconsole.engine.db import Host, Vm, now, utc
 from multiconsole.engine.hosts import Agents
+from multiconsole.wire.exits import ExitReason, VmExit
 
 log = logging.getLogger(__name__)
 POLLED = ("Up", "NonResponsive")
@@ -78,7 +84,7 @@ class Monitor:
         self._wake.set()
 
     def _run(self) -> None:
-        last_full = 0.0
+        last_full = -float("inf")  # the first cycle at once
         while not self._stop.is_set():
             timeout = max(0.0, last_full + self.interval - time.monotonic())
             self._wake.wait(timeout)
@@ -137,6 +143,8 @@ class Monitor:
             host.status, host.failures, host.last_seen = "Up", 0, now()
             self._apply(session, host, stats, client, asked_at)
             session.commit()
+            if self.follow_events:
+                self._follow(host)
 
     def _failed(self, session, host: Host, err: Exception) -> None:
         host.failures += 1
@@ -161,15 +169,20 @@ class Monitor:
             s = by_id.get(vm.id)
             if s is None:
                 if vm.host_id == host.id and vm.status in service.ON_HOST:
-                    service.mark_down(vm, "no longer running on its host")
+                    service.mark_down(
+                        vm, "no longer running on its host", VmExit.of(ExitReason.LIBVIRT_DOMAIN_MISSING)
+                    )
                 continue
             if s.get("status") == "Down":
-                # The guest powered off: let the host forget it, the VM is Down.
+                # The guest powered off or QEMU died: let the host forget it, the VM is Down.
                 try:
                     client.call("VM.destroy", vmID=vm.id)
                 except (httpx.HTTPError, AgentCallError):
                     pass
-                service.mark_down(vm, "powered off")
+                why = VmExit.from_stats(s)
+                service.mark_down(
+                    vm, f"crashed: {why.message}" if why and why.crashed else "powered off", why
+                )
                 continue
             if vm.host_id not in (None, host.id):
                 continue  # another host claims it; leave it to that host's poll
@@ -177,26 +190,36 @@ class Monitor:
                 vm.host_id = host.id
                 vm.host = host
             service.apply_vm_stats(vm, host, s)
+            consoles.reconcile_sessions(session, vm, s, asked_at)
 
     # --- event streams -------------------------------------------------------------------
 
     def _sync_followers(self, host_ids: set[str]) -> None:
-        for host_id in list(self._followers):
-            if host_id not in host_ids:
-                self._followers.pop(host_id).stop()
+        with self._lock:
+            for host_id in list(self._followers):
+                if host_id not in host_ids:
+                    self._followers.pop(host_id).stop()
         with self.sessions() as session:
             for host in session.scalars(select(Host).where(Host.id.in_(list(host_ids)))):
-                host_id = host.id
-                follower = self._followers.get(host_id)
-                if follower is not None and follower.key == _follow_key(host):
-                    continue
-                if follower is not None:  # the host's address or certificate changed
-                    follower.stop()
-                try:
-                    client = self.agents.for_host(host)
-                except httpx.HTTPError:
-                    continue
-                self._followers[host_id] = _Follower(host_id, client, self._on_event, _follow_key(host))
+                self._follow(host)
+
+    def _follow(self, host: Host) -> None:
+        """Follow the host's event stream, unless that is already done (on the same terms)."""
+        if self._stop.is_set():
+            return
+        with self._lock:
+            follower = self._followers.get(host.id)
+            if follower is not None and follower.key == _follow_key(host):
+                return
+            if follower is not None:  # the host's address or certificate changed
+                follower.stop()
+            try:
+                client = self.agents.for_host(host)
+            except httpx.HTTPError:
+                return
+            self._followers[host.id] = _Follower(
+                host.id, client, self._on_event, _follow_key(host), self.poke
+            )
 
     def _on_event(self, host_id: str, event: dict) -> None:
         for listener in self.listeners:
@@ -212,10 +235,17 @@ def _follow_key(host: Host) -> tuple:
 
 
 class _Follower:
-    """Reads one agent's server-sent events on a thread, reconnecting when it drops."""
+    """Reads one agent's server-sent events on a thread, reconnecting when it drops: at once,
+    then after a backoff growing to BACKOFF_MAX while the agent does not answer; with the id
+    of the last event read, so that the agent sends what was missed meanwhile."""
 
-    def __init__(self, host_id: str, client: AgentClient, on_event, key: tuple = ()):
+    BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+
+    def __init__(self, host_id: str, client: AgentClient, on_event, key: tuple = (), recheck=None):
+        """`recheck(host_id)`: read the host's state again (events may have been lost)."""
         self.host_id, self.client, self.on_event, self.key = host_id, client, on_event, key
+        self.recheck = recheck or (lambda _host_id: None)
+        self.last_id: str | None = None
         self._stop = threading.Event()
         threading.Thread(target=self._run, name=f"events-{host_id[:8]}", daemon=True).start()
 
@@ -223,17 +253,42 @@ class _Follower:
         self._stop.set()
 
     def _run(self) -> None:
+        backoff = self.BACKOFF_FIRST
         while not self._stop.is_set():
             try:
-                with self.client.events() as reply:
-                    for line in reply.iter_lines():
-                        if self._stop.is_set():
-                            return
-                        if line.startswith("data: "):
-                            try:
-                                self.on_event(self.host_id, json.loads(line[6:]))
-                            except ValueError:
-                                continue
+                with self.client.events(self.last_id) as reply:
+                    backoff = self.BACKOFF_FIRST
+                    # Connected (again): what happened while nobody listened, read from the stats.
+                    self.recheck(self.host_id)
+                    self._read(reply)
             except httpx.HTTPError:
                 pass
-            self._stop.wait(3.0)
+            self._stop.wait(backoff)
+            backoff = min(self.BACKOFF_MAX, backoff * 2)
+
+    def _read(self, reply: httpx.Response) -> None:
+        event_id, data = None, None
+        for line in reply.iter_lines():
+            if self._stop.is_set():
+                return
+            if line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "":  # end of one event
+                if data is not None:
+                    self._dispatch(event_id, data)
+                event_id, data = None, None
+
+    def _dispatch(self, event_id: str | None, data: str) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if event_id:
+            self.last_id = event_id
+        if isinstance(event, dict):
+            if event.get("event") == "reset":
+                log.info("host %s lost events: %s", self.host_id, event.get("reason"))
+                self.recheck(self.host_id)
+            self.on_event(self.host_id, event)

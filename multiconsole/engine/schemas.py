@@ -214,6 +214,11 @@ class VmOut(BaseModel):
     vcpus: int
     status: str
     status_reason: str
+    exit_code: int | None = Field(None, description="how the VM last went down: 0 normally, 1 on an error")
+    exit_reason: int | None = Field(
+        None, description="why, in vdsm's numbers (e.g. 2: QEMU died, 6: stopped)"
+    )
+    exit_message: str | None = Field(None, description="why, in words")
     host: str | None
     display: DisplayOut
     next_run: NextRun | None = Field(description="changes that apply at the next start")
@@ -241,6 +246,9 @@ class VmOut(BaseModel):
             vcpus=vm.vcpus,
             status=vm.status,
             status_reason=vm.status_reason,
+            exit_code=vm.exit_code,
+            exit_reason=vm.exit_reason,
+            exit_message=vm.exit_message,
             host=vm.host.name if vm.host else None,
             display=DisplayOut.of(vm.display),
             next_run=nr,

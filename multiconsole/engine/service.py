@@ -32,6 +32,7 @@ from multiconsole.engine.broker import AgentCallError, CertificateMismatch
 from multiconsole.engine.db import AuditEntry, Cluster, EnrollmentToken, Host, Template, Vm, VmConsole, now
 from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, NotFound
 from multiconsole.engine.hosts import Agents
+from multiconsole.wire.exits import ExitReason, VmExit
 from multiconsole.wire.stats import consoles_from_stats
 
 log = logging.getLogger(__name__)
@@ -503,6 +504,7 @@ def start_vm(session: Session, agents: Agents, key: str) -> Vm:
     vm.host = host
     vm.started_at = vm.acted_at = now()
     vm.status_reason = ""
+    vm.exit_code = vm.exit_reason = vm.exit_message = None
     apply_vm_stats(vm, host, reply["vmList"])
     log.info("vm started vm=%s host=%s", vm.name, host.name)
     return vm
@@ -523,15 +525,21 @@ def stop_vm(session: Session, agents: Agents, key: str) -> Vm:
                 ) from None
         except httpx.HTTPError as err:
             raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
-    mark_down(vm)
+    mark_down(vm, why=VmExit.of(ExitReason.ADMIN_SHUTDOWN))
     vm.acted_at = now()
     return vm
 
 
-def mark_down(vm: Vm, reason: str = "") -> None:
+def mark_down(vm: Vm, reason: str = "", why: VmExit | None = None) -> None:
     """The VM stopped: its console sessions end, and what was waiting for its next start
-    becomes its configuration."""
+    becomes its configuration. `why`: the host's exit code, reason and message; a crash
+    is written to the audit log."""
     session = object_session(vm)
+    if why is not None:
+        vm.exit_code, vm.exit_reason, vm.exit_message = int(why.code), int(why.reason), why.message
+        if why.crashed and session is not None:
+            session.add(AuditEntry(event="VM crashed", vm_id=vm.id, vm_name=vm.name, detail=why.message))
+            log.warning("vm crashed vm=%s reason=%s", vm.name, why.message)
     for console in vm.consoles:
         if console.holder and session is not None:
             session.add(
