@@ -411,7 +411,8 @@ def start_vm(
     key: str, request: Request, session: Session = Depends(db, scope="function"), g: Grants = Depends(grants)
 ):
     vm = require_vm(session, g, key, VM_OPERATOR, "start")
-    return _vm_out(session, service.start_vm(session, request.app.state.agents, vm.id), g)
+    started = service.start_vm(session, request.app.state.agents, vm.id, request.app.state.monitor.poke)
+    return _vm_out(session, started, g)
 
 
 @router.post("/vms/{key}/stop", response_model=VmOut)

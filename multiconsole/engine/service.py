@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -41,6 +43,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.:\-\[\]]{0,254}$")
 # States in which a host holds the VM: its memory is used there, the host cannot be removed.
 ON_HOST = ("PoweringUp", "Up", "Paused", "PoweringDown", "Unknown", "Migrating")
+# How long a start waits for a NonResponsive host being re-checked to be Up again.
+HOST_RECHECK_WAIT = 5.0
 # Agent status -> engine status.
 AGENT_STATUS = {
     "Up": "Up",
@@ -436,8 +440,32 @@ def _apply_next_run(vm: Vm) -> None:
         vm.next_run = None
 
 
+def _wait_for_an_up_host(session: Session, vm: Vm, recheck: Callable[[str], None] | None) -> None:
+    """When none of the cluster's hosts is Up but some are NonResponsive, wait up to
+    HOST_RECHECK_WAIT seconds for one to be Up again: the monitor re-checks them (at once
+    after the engine starts, and when `recheck(host_id)` asks). Reads only, so that the
+    monitor can write meanwhile."""
+    deadline = time.monotonic() + HOST_RECHECK_WAIT
+    asked = False
+    while True:
+        statuses = session.execute(select(Host.id, Host.status).where(Host.cluster_id == vm.cluster_id)).all()
+        rechecking = [host_id for host_id, status in statuses if status == "NonResponsive"]
+        if any(status == "Up" for _, status in statuses) or not rechecking:
+            return
+        if time.monotonic() >= deadline:
+            return
+        if recheck is not None and not asked:
+            for host_id in rechecking:
+                recheck(host_id)
+            asked = True
+        time.sleep(0.2)
+
+
 def _pick_host(session: Session, vm: Vm, display: DisplayConfig) -> Host:
-    hosts = session.scalars(select(Host).where(Host.cluster_id == vm.cluster_id)).all()
+    # populate_existing: a host loaded earlier in this session may have changed since.
+    hosts = session.scalars(
+        select(Host).where(Host.cluster_id == vm.cluster_id).execution_options(populate_existing=True)
+    ).all()
     reasons = []
     busy: dict[str, int] = {}
     for vm_host_id, mem in session.execute(
@@ -473,10 +501,13 @@ def _pick_host(session: Session, vm: Vm, display: DisplayConfig) -> Host:
     return sorted(candidates, key=lambda c: c[:3])[0][3]
 
 
-def start_vm(session: Session, agents: Agents, key: str) -> Vm:
+def start_vm(session: Session, agents: Agents, key: str, recheck: Callable[[str], None] | None = None) -> Vm:
+    """Start a VM on the best Up host of its cluster. `recheck(host_id)`: ask the monitor to
+    poll a host now (when none is Up, a start waits briefly for one being re-checked)."""
     vm = get_vm(session, key)
     if vm.status in ON_HOST:
         raise Conflict("status", f"VM {vm.name!r} is already {vm.status}")
+    _wait_for_an_up_host(session, vm, recheck)
     pending = dict(vm.next_run) if vm.next_run else None
     _apply_next_run(vm)
     display = DisplayConfig.from_json(vm.display)

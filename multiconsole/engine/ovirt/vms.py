@@ -135,7 +135,7 @@ def start_vm(
 ):
     xml.parse(body, "action", empty_ok=True)
     vm = permissions.require_vm(session, g, vm_id, VM_OPERATOR, "start")
-    service.start_vm(session, request.app.state.agents, vm.id)
+    service.start_vm(session, request.app.state.agents, vm.id, request.app.state.monitor.poke)
     return xml.response(render.action())
 
 
