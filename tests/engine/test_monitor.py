@@ -7,6 +7,9 @@ import time
 import libvirt
 
 from multiconsole.agent.server import make_app as agent_app
+from multiconsole.agent.vms import VmManager
+from multiconsole.domain.devices import GraphicsType
+from multiconsole.wire.stats import LiveConsole, display_stats
 from tests.engine.conftest import FakeHost, ok
 from tests.engine.test_api import VM, setup_cluster
 from tests.support.legacy_agent import LegacyVmManager
@@ -125,3 +128,52 @@ def test_a_legacy_host_in_a_33_cluster(api, tmp_path):
         assert ok(api.get("/api/v1/vms/web1"))["status"] == "Up"
     finally:
         old.stop()
+
+
+class ListeningVmManager(VmManager):
+    """The test driver's domains have no console ports: this host says VNC listens on 5910."""
+
+    def _stats(self, dom, xml):
+        stats = super()._stats(dom, xml)
+        if stats["status"] == "Up":
+            stats.update(display_stats([LiveConsole(GraphicsType.VNC, 5910, None, "127.0.0.1")]))
+        return stats
+
+
+def test_the_poll_records_console_sessions_whose_events_were_lost(api, tmp_path):
+    """The host's graphics events never reach the engine (it does not follow the stream
+    here): the clients its stats list correct who holds the console, both ways."""
+    host = FakeHost(tmp_path, manager_cls=ListeningVmManager)
+    try:
+        setup_cluster(api, host)
+        ok(api.post("/api/v1/vms", json=VM), 201)
+        vm = ok(api.post("/api/v1/vms/web1/start"))
+        hub = host.manager.events
+        monitor(api).follow_events = False  # its events are lost
+
+        def vnc():
+            current = ok(api.get("/api/v1/vms/web1/consoles"))["current"]
+            return next(c for c in current if c["protocol"] == "vnc")
+
+        def audit(event):
+            return ok(api.get("/api/v1/audit", params={"vm": "web1", "event": event}))
+
+        monitor(api).cycle()
+        assert vnc()["holder"] is None
+        hub.console_event(vm["id"], "initialize", "vnc", "192.0.2.7", "40000")
+        monitor(api).cycle()
+        console = vnc()
+        assert console["holder"] == "unknown" and console["client_address"] == "192.0.2.7"
+        assert console["connected_at"] is not None
+        [entry] = audit("console connected")
+        assert entry["client_address"] == "192.0.2.7" and "found by polling" in entry["detail"]
+        monitor(api).cycle()  # nothing new: nothing written twice
+        assert len(audit("console connected")) == 1
+
+        hub.console_event(vm["id"], "disconnect", "vnc", "192.0.2.7", "40000")
+        monitor(api).cycle()
+        assert vnc()["holder"] is None
+        [entry] = audit("console disconnected")
+        assert entry["client_address"] == "192.0.2.7"
+    finally:
+        host.stop()
