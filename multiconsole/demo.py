@@ -1,17 +1,20 @@
 """`make demo`: libvirtd, an agent, the engine on SQLite, and a VM 'demo' with SPICE and VNC.
 
-Idempotent: a second run reuses the cluster, host and VM of the first. Ctrl-C stops the
-VM, the engine and the agent.
+Idempotent: a second run reuses the cluster, host and VM of the first. Ctrl-C, SIGTERM and
+SIGHUP (the terminal closed) stop the VM, the engine and the agent. A demo that could not
+(killed with SIGKILL) left their process ids in <data dir>/demo.pids: the next run stops them.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from rich.console import Console
@@ -33,6 +36,84 @@ DEMO_VM = {
 
 class DemoError(SystemExit):
     pass
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the demo ends as on Ctrl-C."""
+
+
+PIDS_FILE = "demo.pids"
+HOST_UP_SECONDS = 90
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the demo as Ctrl-C does (its processes are in sessions of
+    their own: nobody else stops them). After a SIGHUP the terminal is gone: what the demo
+    still prints goes nowhere instead of failing."""
+
+    def handler(signum: int, _frame) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # one stop at a time
+        if signum == signal.SIGHUP:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"multiconsole.cli" in cmdline and str(data_dir()).encode() in b" ".join(cmdline)
+
+
+def _stop_leftovers(out: Console) -> None:
+    """Stop the engine and agent of an earlier demo that was killed before it could."""
+    path = data_dir() / PIDS_FILE
+    try:
+        pids = [int(p) for p in path.read_text().split()]
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _is_ours(pid)]
+    for pid in alive:
+        out.print(f"demo: stopping process {pid} left by an earlier demo", highlight=False)
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while any(_is_ours(pid) for pid in alive) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in alive:
+        if _is_ours(pid):
+            _kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
+
+
+def _remember(procs: list[subprocess.Popen]) -> None:
+    (data_dir() / PIDS_FILE).write_text("".join(f"{p.pid}\n" for p in procs))
+
+
+def _wait_host_up(api: Api, out: Console, name: str = "local") -> None:
+    """The engine re-checks a host it stored as NonResponsive when it starts: wait for it."""
+    deadline = time.monotonic() + HOST_UP_SECONDS
+    said = None
+    while (host := api.find("/hosts", name)) is not None and host["status"] != "Up":
+        if host["status"] != said:
+            out.print(f"demo: waiting for host '{name}' to be Up (it is {host['status']})", highlight=False)
+            said = host["status"]
+        if time.monotonic() > deadline:
+            raise DemoError(f"demo: host '{name}' is still {host['status']} after {HOST_UP_SECONDS} s")
+        time.sleep(0.5)
 
 
 def _spawn(args: list[str], log_name: str) -> subprocess.Popen:
@@ -149,6 +230,8 @@ def run(
     ticket_ttl: int = 600,
 ):
     out = Console()
+    _stop_on_signals()
+    _stop_leftovers(out)
     for port, what in ((agent_port, "agent"), (engine_port, "engine"), (proxy_port, "console proxy")):
         if not _port_free(port):
             raise DemoError(f"demo: port {port} for the {what} is taken (an earlier demo still running?)")
@@ -171,6 +254,7 @@ def run(
             "engine.log",
         ),
     ]
+    _remember(procs)
     api = None
     try:
         with out.status("starting the engine"):
@@ -185,6 +269,7 @@ def run(
             pki_dir = _enrol_local(api, engine_url)
             agent = ["agent", "--pki-dir", str(pki_dir), "--listen", f"127.0.0.1:{agent_port}"]
             procs.append(_spawn([*agent, "--virt-type", virt_type], "agent.log"))
+            _remember(procs)
             _wait(f"https://127.0.0.1:{agent_port}/health", procs[1], "agent", verify=_engine_tls())
         with out.status("registering the host and the demo VM"):
             if api.find("/clusters", "Default") is None:
@@ -201,6 +286,8 @@ def run(
             vm = api.find("/vms", "demo")
             if vm is None:
                 vm = api("POST", "/vms", json=DEMO_VM)
+        with out.status("waiting for host 'local' to be Up"):
+            _wait_host_up(api, out)
             if vm["status"] != "Down":
                 api("POST", "/vms/demo/stop")
         with out.status("starting the VM 'demo'"):
@@ -256,8 +343,13 @@ def run(
         except KeyboardInterrupt:
             pass
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # stopping already: let nothing cut it short
         if api is not None:
-            out.print("stopping the demo VM")
+            try:
+                out.print("stopping the demo VM")
+            except OSError:
+                pass  # no terminal any more
             try:
                 api("POST", "/vms/demo/stop")
             except (DemoError, httpx.HTTPError):
@@ -269,3 +361,4 @@ def run(
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        (data_dir() / PIDS_FILE).unlink(missing_ok=True)

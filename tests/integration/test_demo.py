@@ -13,6 +13,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.integration.clients import capture_screen, colours, spice_capture, vnc_capture
 from tests.integration.conftest import free_port
@@ -97,3 +98,123 @@ def test_demo_runs_a_vm_with_two_ticketed_consoles(tmp_path, system_conn):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert "demo" not in [d.name() for d in system_conn.listAllDomains() if d.isActive()]
+
+
+class Demo:
+    """`multiconsole demo` in its own data directory, on free ports kept across its runs."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path, self.data = tmp_path, tmp_path / "data"
+        self.env = {**os.environ, "MULTICONSOLE_DATA": str(self.data), "XDG_CONFIG_HOME": str(tmp_path)}
+        self.env["COLUMNS"] = "200"
+        self.env.pop("MULTICONSOLE_ADMIN_PASSWORD", None)
+        self.ports = [str(free_port()) for _ in range(3)]
+        self.runs = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def out(self):
+        return self.tmp_path / f"demo-{self.runs}.out"
+
+    def start(self) -> str:
+        """Run it until it prints its consoles; its output."""
+        self.runs += 1
+        agent, engine, proxy = self.ports
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "multiconsole.cli", "demo", "--agent-port", agent]
+            + ["--engine-port", engine, "--proxy-port", proxy],
+            stdin=subprocess.DEVNULL,
+            stdout=self.out.open("w"),
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops the demo" not in self.out.read_text():
+            assert self.proc.poll() is None, self.out.read_text()
+            assert time.monotonic() < deadline, "the demo did not come up:\n" + self.out.read_text()
+            time.sleep(0.5)
+        return self.out.read_text()
+
+    def processes(self) -> dict[int, str]:
+        """Processes of this demo (the demo itself, its engine and agent), by their command line."""
+        found = {}
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            ours = str(self.data) in cmdline or (self.proc is not None and int(entry) == self.proc.pid)
+            if "multiconsole.cli" in cmdline and ours:
+                found[int(entry)] = cmdline
+        return found
+
+    def api(self, text: str) -> httpx.Client:
+        password = re.search(r"user admin@internal\s+password (\S+)", text)[1]
+        verify = ssl.create_default_context(cafile=str(self.data / "pki" / "ca-cert.pem"))
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.ports[1]}/api/v1",
+            auth=("admin@internal", password),
+            verify=verify,
+            timeout=30,
+        )
+
+    def kill_all(self) -> None:
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def demo_vm_running(system_conn) -> bool:
+    return "demo" in [d.name() for d in system_conn.listAllDomains() if d.isActive()]
+
+
+def wait_gone(demo: Demo, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while demo.processes():
+        assert time.monotonic() < deadline, f"left behind: {demo.processes()}"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_the_demo_stops_everything_on_sigterm_and_sighup(tmp_path, system_conn, sig):
+    demo = Demo(tmp_path)
+    try:
+        demo.start()
+        assert demo_vm_running(system_conn)
+        demo.proc.send_signal(sig)
+        demo.proc.wait(90)
+        wait_gone(demo)
+        assert not demo_vm_running(system_conn)
+    finally:
+        demo.kill_all()
+
+
+def test_a_demo_after_one_killed_with_its_agent_gone_first_works(tmp_path, system_conn):
+    """As after a crash: the demo SIGKILLed, its agent dies, the engine marks the host
+    NonResponsive and is stopped later. The next demo stops what is left and comes up."""
+    demo = Demo(tmp_path)
+    try:
+        text = demo.start()
+        demo.proc.send_signal(signal.SIGKILL)
+        demo.proc.wait(10)
+        left = demo.processes()
+        agent = next(pid for pid, cmd in left.items() if " agent " in cmd)
+        os.kill(agent, signal.SIGKILL)
+        with demo.api(text) as api:
+            deadline = time.monotonic() + 60
+            while api.get("/hosts/local").json()["status"] != "NonResponsive":
+                assert time.monotonic() < deadline, "the engine did not mark the host NonResponsive"
+                time.sleep(1)
+        # The engine is left running: the next demo stops it (it knows its process ids).
+        text = demo.start()
+        assert re.search(r"VM 'demo' is Up on host local", text), text
+        with demo.api(text) as api:
+            assert api.get("/vms/demo").json()["status"] == "Up"
+        demo.proc.send_signal(signal.SIGINT)
+        demo.proc.wait(90)
+        wait_gone(demo)
+        assert not demo_vm_running(system_conn)
+    finally:
+        demo.kill_all()
