@@ -68,7 +68,7 @@ class EventHub:
         boot, _, n = last_event_id.strip().rpartition("-")
         recent = list(self._recent)
         first = recent[0]["seq"] if recent else self._seq + 1
-        if boot != self.boot or not n.isdigit() or int(n) > self._seq:
+        if boot != self.boot or not n.isdigit() or len(n) > 18 or int(n) > self._seq:
             return Replay(recent, "the agent restarted: events before its start are lost")
         if int(n) < first - 1:
             return Replay(recent, f"event {last_event_id} is older than the agent's last {len(recent)}")

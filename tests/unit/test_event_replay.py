@@ -84,6 +84,9 @@ def test_an_unknown_or_too_old_id_says_events_were_lost(served):
     (reset_id, reset), *rest = events
     assert reset_id is None and reset["event"] == "reset" and "restarted" in reset["reason"]
     assert [int(i.rsplit("-", 1)[1]) for i, _ in rest] == [1, 2, 3]
+    # Nonsense: the same.
+    for bad in (f"{manager.events.boot}-" + "9" * 5000, "x", f"{manager.events.boot}-1e3"):
+        assert read(url, 1, last_event_id=bad)[0][1]["event"] == "reset"
     # Older than the window of 5 events: reset, then the window.
     publish(manager, 5)
     events = read(url, 6, last_event_id=f"{manager.events.boot}-1")
