@@ -13,6 +13,7 @@ import sys
 import time
 
 import httpx
+import libvirt
 import pytest
 
 from tests.integration.clients import capture_screen, colours, spice_capture, vnc_capture
@@ -158,12 +159,18 @@ class Demo:
             timeout=30,
         )
 
-    def kill_all(self) -> None:
+    def kill_all(self, system_conn) -> None:
+        """What a failed test left: its processes, and the VM 'demo' they ran."""
         for pid in self.processes():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for dom in system_conn.listAllDomains():
+            if dom.name() == "demo" and self.runs:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
 
 def demo_vm_running(system_conn) -> bool:
@@ -188,7 +195,7 @@ def test_the_demo_stops_everything_on_sigterm_and_sighup(tmp_path, system_conn, 
         wait_gone(demo)
         assert not demo_vm_running(system_conn)
     finally:
-        demo.kill_all()
+        demo.kill_all(system_conn)
 
 
 def test_a_demo_after_one_killed_with_its_agent_gone_first_works(tmp_path, system_conn):
@@ -217,4 +224,4 @@ def test_a_demo_after_one_killed_with_its_agent_gone_first_works(tmp_path, syste
         wait_gone(demo)
         assert not demo_vm_running(system_conn)
     finally:
-        demo.kill_all()
+        demo.kill_all(system_conn)
