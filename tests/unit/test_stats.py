@@ -263,3 +263,17 @@ def test_garbage_address_is_replaced_by_host(address):
 def test_garbage_legacy_address_is_replaced_by_host():
     stats = {"displayType": "VNC", "displayPort": 5900, "displayIp": HUGE}
     assert consoles_from_stats(stats, HOST) == [ConsoleAddress(VNC, HOST, 5900, None)]
+
+
+def test_exit_fields_of_a_down_vm_read_back_safely():
+    from multiconsole.wire.exits import ExitCode, ExitReason, VmExit
+
+    crash = VmExit.of(ExitReason.LOST_QEMU_CONNECTION)
+    assert crash.crashed and VmExit.from_stats(crash.to_stats()) == crash
+    assert not VmExit.of(ExitReason.ADMIN_SHUTDOWN).crashed
+    # Old agents send nothing; nonsense is no exit, or only what can be told.
+    for stats in ({}, {"exitCode": True}, {"exitCode": "1"}, {"exitCode": 7}):
+        assert VmExit.from_stats(stats) is None
+    odd = VmExit.from_stats({"exitCode": 1, "exitReason": 999, "exitMessage": ["x"]})
+    assert odd == VmExit(ExitCode.ERROR, ExitReason.GENERIC_ERROR, "VM terminated with error")
+    assert len(VmExit.from_stats({"exitCode": 0, "exitReason": 7, "exitMessage": "m" * 5000}).message) == 512
