@@ -43,17 +43,21 @@ def _failures(engine: LiveEngine) -> int:
 
 
 def test_a_hung_agent_delays_nothing_that_does_not_touch_it(sqlite_url, agent):
-    # Many users' thumbnails at once (one user alone may wait on 8 at a time).
-    engine = LiveEngine(sqlite_url, monitor=True, monitor_interval=1.0, screenshots_at_once=32).start()
+    engine = LiveEngine(sqlite_url, monitor=True, monitor_interval=1.0).start()
     try:
         with engine.client() as admin:
             _running_vm(admin, agent)
-            token = engine.token(*ADMIN)
+            # Two users whose VM lists ask for thumbnails (8 each at once, as browsers would).
+            tokens = []
+            for name in ("ann", "bob"):
+                user = {"name": name, "password": f"{name}-password", "roles": ["console_user"]}
+                _ok(admin.post("/api/v1/users", json=user), 201)
+                tokens.append(engine.token(name, f"{name}-password"))
             agent.hang()
             hung_at = time.monotonic()
 
-            def screenshot(_):
-                with engine.client(token=token) as c:
+            def screenshot(i):
+                with engine.client(token=tokens[i % 2]) as c:
                     return c.get("/api/v1/vms/web1/screenshot.png")
 
             with ThreadPoolExecutor(16) as pool:
@@ -104,7 +108,7 @@ def test_a_nonresponsive_host_fails_fast(sqlite_url, agent):
 
 
 def test_a_hundred_screenshots_by_one_console_user(sqlite_url, agent):
-    engine = LiveEngine(sqlite_url, screenshot_rate_limit=60).start()
+    engine = LiveEngine(sqlite_url).start()
     try:
         with engine.client() as admin:
             _running_vm(admin, agent)
@@ -130,7 +134,7 @@ def test_a_hundred_screenshots_by_one_console_user(sqlite_url, agent):
             r.text for r in replies if r.status_code not in (200, 429, 503)
         ]
         assert statuses.count(200) >= 1
-        assert statuses.count(429) >= 40  # 60 a minute
+        assert statuses.count(429) >= 50  # one user waits on 8 screenshots at a time
         for r in replies:
             if r.status_code in (429, 503):
                 assert int(r.headers["retry-after"]) >= 1
