@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 from multiconsole.domain.display import OS_TYPES, DisplayConfig, violations
 from multiconsole.engine import auth, consoles, permissions, service
 from multiconsole.engine.auth import CONSOLE_USER, VM_OPERATOR
-from multiconsole.engine.db import Cluster, Host, LoginToken, Permission, Template, User, Vm
+from multiconsole.engine.db import Cluster, Host, LoginToken, Permission, Template, User, Vm, release
 from multiconsole.engine.errors import Conflict, EngineError, NotFound
 from multiconsole.engine.permissions import (
     Grants,
@@ -112,6 +112,19 @@ def current_user(
     basic: HTTPBasicCredentials | None = Depends(_basic),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> User:
+    user = _authenticate(request, session, basic, bearer)
+    # Between the request's steps (each waits its turn for a thread) and while a route waits
+    # on a host, no connection is held: a full thread pool cannot empty the connection pool.
+    release(session)
+    return user
+
+
+def _authenticate(
+    request: Request,
+    session: Session,
+    basic: HTTPBasicCredentials | None,
+    bearer: HTTPAuthorizationCredentials | None,
+) -> User:
     if bearer is not None:
         return auth.user_for_token(session, bearer.credentials)
     if basic is None:
@@ -138,7 +151,9 @@ def current_user(
 
 def grants(session: Session = Depends(db, scope="function"), user: User = Depends(current_user)) -> Grants:
     """What the caller was granted, loaded once per request."""
-    return Grants.load(session, user)
+    g = Grants.load(session, user)
+    release(session)  # as in current_user
+    return g
 
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(current_user)])
@@ -463,13 +478,22 @@ def console_vm(session: Session, g: Grants, key: str) -> Vm:
 
 def ticket_rate(request: Request, user: User) -> None:
     """At most `ticket_rate_limit` console tickets a minute per user (429 beyond)."""
-    limiter: auth.RateLimiter | None = getattr(request.app.state, "ticket_limiter", None)
+    _rate(request, user, "ticket_limiter", "console tickets")
+
+
+def screenshot_rate(request: Request, user: User) -> None:
+    """At most `screenshot_rate_limit` screenshots a minute per user (429 beyond)."""
+    _rate(request, user, "screenshot_limiter", "screenshots")
+
+
+def _rate(request: Request, user: User, limiter_name: str, what: str) -> None:
+    limiter: auth.RateLimiter | None = getattr(request.app.state, limiter_name, None)
     if limiter is None:
         return
     wait = limiter.hit(user.id)
     if wait is not None:
         raise auth.TooManyRequests(
-            f"too many console tickets: {user.name} may get {limiter.limit} in {limiter.window:g} s; "
+            f"too many {what}: {user.name} may get {limiter.limit} in {limiter.window:g} s; "
             f"try again in {max(1, round(wait))} s",
             wait,
         )
@@ -729,5 +753,16 @@ def vm_screenshot(
 ):
     """A live thumbnail of a running VM's screen, taken without opening (or disturbing) a console."""
     vm = require_vm(session, g, key, CONSOLE_USER, "see the screen of")
-    png = service.screenshot(session, request.app.state.agents, vm.id, width, screen)
+    screenshot_rate(request, g.user)
+    at_once: auth.AtOnce | None = getattr(request.app.state, "screenshots_at_once", None)
+    if at_once is not None and not at_once.enter(g.user.id):
+        # A browser asks 6 at most at once: more is a script, which must not take every thread.
+        raise auth.TooManyRequests(
+            f"too many screenshots at once: {g.user.name} may wait on {at_once.limit} at a time", 1
+        )
+    try:
+        png = service.screenshot(session, request.app.state.agents, vm.id, width, screen)
+    finally:
+        if at_once is not None:
+            at_once.leave(g.user.id)
     return Response(png, media_type="image/png", headers=NO_STORE)

@@ -11,11 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db, enrollment, https
+from multiconsole.engine import api, auth, browser, consoles, db, dbfaults, enrollment, https
 from multiconsole.engine.errors import EngineError
-from multiconsole.engine.hosts import Agents, EngineTls
+from multiconsole.engine.hosts import HOST_CALLS, Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
 from multiconsole.engine.ovirt import router as ovirt_api
 from multiconsole.engine.web import pages
@@ -40,6 +41,10 @@ class Settings:
     token_ttl: int = auth.TOKEN_TTL_DEFAULT
     # Console tickets (ticket, .vv, proxy ticket) a user may get per minute.
     ticket_rate_limit: int = 30
+    # Screenshots a user may get per minute (the web UI's VM list asks one per VM every 10 s).
+    screenshot_rate_limit: int = 120
+    # Screenshots one user may wait on at once (beyond: 429 at once).
+    screenshots_at_once: int = 8
     # The CA, the engine's client certificate: made on first start; default <data dir>/pki.
     pki_dir: str | None = None
     # HTTPS for the API and web UI, wss for the proxy: the admin's tls_cert + tls_key, else with
@@ -78,6 +83,16 @@ def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse(
         EngineError(None, str(exc.detail), exc.status_code).body(), status_code=exc.status_code
     )
+
+
+def _database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+    """A database fault is a 503 (a conflict a 409), handled here and not by `_unexpected`, so
+    the response is a normal one and the client's keep-alive connection stays open."""
+    err = dbfaults.as_engine_error(exc)
+    if err is None:
+        return _unexpected(request, exc)
+    log.warning("database error %s: %s", type(exc).__name__, err.reason)
+    return _engine_error(request, err)
 
 
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -162,6 +177,7 @@ def make_app(settings: Settings) -> FastAPI:
             app.state.renewer.stop()
         app.state.monitor.stop()
         app.state.agents.close()
+        monitor_engine.dispose()
 
     app = FastAPI(title="multiconsole engine", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -171,21 +187,30 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.engine_tls = EngineTls.from_ca(app.state.ca)
     app.state.tls = _server_tls(settings, app.state.ca)
     app.state.login_throttle = login_throttle
-    app.state.agents = Agents(tls=app.state.engine_tls)
+    app.state.agents = Agents(tls=app.state.engine_tls, per_host=HOST_CALLS)
+    # The monitor has its own connections: requests that fill their pool cannot stall it.
+    monitor_engine = db.make_engine(settings.db_url, pool_size=db.MONITOR_POOL_SIZE, max_overflow=0)
+    monitor_sessions = db.sessions(monitor_engine)
+    app.state.monitor_db_engine = monitor_engine
     app.state.monitor = Monitor(
-        sessions, interval=settings.monitor_interval, agents=Agents(timeout=5.0, tls=app.state.engine_tls)
+        monitor_sessions,
+        interval=settings.monitor_interval,
+        agents=Agents(timeout=5.0, tls=app.state.engine_tls),
     )
     app.state.monitor.listeners.append(
-        lambda host_id, event: consoles.on_agent_event(sessions, host_id, event)
+        lambda host_id, event: consoles.on_agent_event(monitor_sessions, host_id, event)
     )
     app.state.generated_admin_password = generated
     app.state.proxy = None
     app.state.renewer = None
     app.state.ticket_limiter = auth.RateLimiter(settings.ticket_rate_limit, 60.0)
+    app.state.screenshot_limiter = auth.RateLimiter(settings.screenshot_rate_limit, 60.0)
+    app.state.screenshots_at_once = auth.AtOnce(settings.screenshots_at_once)
     app.state.proxy_key = tickets.load_or_create_key(settings.proxy_key_file or tickets.default_key_path())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_ClientAddress)
     app.include_router(api.public)

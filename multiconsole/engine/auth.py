@@ -286,6 +286,30 @@ class RateLimiter:
             return None
 
 
+class AtOnce:
+    """At most `limit` calls at once per key (in memory): `enter` answers False beyond it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, key: str) -> bool:
+        with self._lock:
+            if self._counts.get(key, 0) >= self.limit:
+                return False
+            self._counts[key] = self._counts.get(key, 0) + 1
+            return True
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            left = self._counts.get(key, 1) - 1
+            if left > 0:
+                self._counts[key] = left
+            else:
+                self._counts.pop(key, None)
+
+
 # --- login-failure throttle ------------------------------------------------------------------
 
 # The address of the client whose request is being served (set by the engine's middleware), so

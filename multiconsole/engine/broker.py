@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 import ssl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
+from multiconsole.engine.errors import HostNotResponding
 from multiconsole.pki import fingerprint_der, same_fingerprint
 
 EVENTS_TIMEOUT = httpx.Timeout(5.0, read=60.0)
@@ -48,13 +50,17 @@ class AgentClient:
         ssl_context: ssl.SSLContext | None = None,
         pin: str | None = None,
         name: str = "",
+        slots: threading.Semaphore | None = None,
+        slot_wait: float = 1.0,
         **httpx_options: Any,
     ):
         """`ssl_context`: how to reach an https:// agent (CA, engine certificate);
-        `pin`: the 'sha256:...' fingerprint the agent's certificate must have."""
+        `pin`: the 'sha256:...' fingerprint the agent's certificate must have;
+        `slots`: calls to this host at once (shared by its clients), waited for `slot_wait` s."""
         self.url = url.rstrip("/")
         self.pin = pin
         self.name = name or self.url
+        self._slots, self._slot_wait = slots, slot_wait
         self._ids = itertools.count(1)
         if ssl_context is not None:
             httpx_options["verify"] = ssl_context
@@ -75,6 +81,16 @@ class AgentClient:
             raise CertificateMismatch(self.name, self.pin or "", presented)
 
     def call(self, method: str, **params: Any) -> Any:
+        if self._slots is None:
+            return self._call(method, params)
+        if not self._slots.acquire(timeout=self._slot_wait):
+            raise HostNotResponding(self.name, "it has not answered the calls it already has")
+        try:
+            return self._call(method, params)
+        finally:
+            self._slots.release()
+
+    def _call(self, method: str, params: dict[str, Any]) -> Any:
         req = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         reply = self._http.post(f"{self.url}/jsonrpc", json=req, extensions=self._extensions)
         reply.raise_for_status()

@@ -20,7 +20,7 @@ from multiconsole.domain.devices import GraphicsType
 from multiconsole.domain.display import DisplayConfig, multi_console
 from multiconsole.engine import permissions
 from multiconsole.engine.broker import AgentCallError
-from multiconsole.engine.db import AuditEntry, Host, User, Vm, VmConsole, now, utc
+from multiconsole.engine.db import AuditEntry, Host, User, Vm, VmConsole, now, released, utc
 from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, NotFound
 from multiconsole.engine.hosts import Agents
 from multiconsole.engine.service import get_vm
@@ -146,41 +146,44 @@ def issue_ticket(
     client = agents.for_host(host)
     # Stamped before the host acts: its disconnect events come after the takeover.
     at = now()
-    try:
-        if legacy:
-            # Old hosts know only setTicket, on the VM's one console.
-            client.call(
-                "VM.setTicket",
-                vmID=vm.id,
-                password=password,
-                ttl=ttl,
-                existingConnAction=action,
-                params={"userName": user.name, "userId": user.id},
-            )
-        else:
-            client.call(
-                "VM.updateDevice",
-                vmID=vm.id,
-                params={
-                    "deviceType": "graphics",
-                    "graphicsType": console.protocol,
-                    "password": password,
-                    "ttl": ttl,
-                    "existingConnAction": action,
-                    "disconnectAction": DisplayConfig.from_json(vm.display).disconnect_action.value,
-                    "params": {"userName": user.name, "userId": user.id},
-                },
-            )
-    except AgentCallError as err:
-        if err.code == ErrorCode.CONSOLE_IN_USE:
-            raise Conflict(
-                "take_over",
-                f"a client is connected to the {console.protocol} console of "
-                f"VM {vm.name!r}; ask again with take_over to disconnect it",
+    with released(session):  # no connection held while the host sets the ticket
+        try:
+            if legacy:
+                # Old hosts know only setTicket, on the VM's one console.
+                client.call(
+                    "VM.setTicket",
+                    vmID=vm.id,
+                    password=password,
+                    ttl=ttl,
+                    existingConnAction=action,
+                    params={"userName": user.name, "userId": user.id},
+                )
+            else:
+                client.call(
+                    "VM.updateDevice",
+                    vmID=vm.id,
+                    params={
+                        "deviceType": "graphics",
+                        "graphicsType": console.protocol,
+                        "password": password,
+                        "ttl": ttl,
+                        "existingConnAction": action,
+                        "disconnectAction": DisplayConfig.from_json(vm.display).disconnect_action.value,
+                        "params": {"userName": user.name, "userId": user.id},
+                    },
+                )
+        except AgentCallError as err:
+            if err.code == ErrorCode.CONSOLE_IN_USE:
+                raise Conflict(
+                    "take_over",
+                    f"a client is connected to the {console.protocol} console of "
+                    f"VM {vm.name!r}; ask again with take_over to disconnect it",
+                ) from None
+            raise EngineError(
+                "host", f"host {host.name} could not set the ticket: {err.message}", 409
             ) from None
-        raise EngineError("host", f"host {host.name} could not set the ticket: {err.message}", 409) from None
-    except httpx.HTTPError as err:
-        raise HostUnreachable("host", f"host {host.name} did not answer: {type(err).__name__}") from None
+        except httpx.HTTPError as err:
+            raise HostUnreachable("host", f"host {host.name} did not answer: {type(err).__name__}") from None
     console.ticket_user = user.name
     if previous_holder and previous_holder != user.name:
         audit(

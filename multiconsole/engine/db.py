@@ -5,7 +5,10 @@ SQLite is the embedded default; PostgreSQL (postgresql+psycopg://...) serves man
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,19 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
+
+# Sync routes run on anyio's thread pool (40 threads by default) and each holds at most one
+# connection: the pool matches it, with a little room for the few that open a second session.
+POOL_SIZE = 40
+POOL_OVERFLOW = 10
+# Waiting longer for a connection than this answers 503 (engine/dbfaults.py), not a stall.
+POOL_TIMEOUT = 5.0
+# The monitor's own engine: its workers, its event followers and the console-event listener.
+MONITOR_POOL_SIZE = 10
 
 
 def new_id() -> str:
@@ -215,9 +228,18 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(String(1024), default="")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = POOL_OVERFLOW,
+    pool_timeout: float = POOL_TIMEOUT,
+) -> Engine:
+    """An engine whose pool is sized for the callers given (the request threads by default)."""
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            pool = {}  # one connection per thread, no queue to size
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -227,7 +249,28 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # pre_ping: connections that a restarted PostgreSQL closed are replaced, not handed out.
+    return create_engine(url, pool_pre_ping=True, **pool)
+
+
+def release(session: Session) -> None:
+    """Hand the session's connection back before waiting on a host (see `released`)."""
+    session.commit()
+
+
+@contextmanager
+def released(session: Session) -> Iterator[None]:
+    """Wait on something slow (a host's agent) without holding a database connection.
+
+    Commits what the session did so far, which hands its connection back to the pool; the
+    objects it loaded stay usable (expire_on_commit=False) and what is changed on them after
+    the block is written by the next commit, in a new short transaction. Nothing in the block
+    may use the session: that would take a connection again for the whole wait.
+    """
+    release(session)
+    yield
+    if session.in_transaction():
+        log.warning("a database connection was taken while waiting on a host")
 
 
 def migrate(engine: Engine) -> None:

@@ -39,7 +39,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from multiconsole import pki
-from multiconsole.engine import api, auth, service
+from multiconsole.engine import api, auth, db, service
 from multiconsole.engine.broker import AgentCallError
 from multiconsole.engine.db import EnrollmentToken, Host, User, now, utc
 from multiconsole.engine.errors import EngineError, HostUnreachable
@@ -144,6 +144,7 @@ def renew(session: Session, agents: Agents, ca: pki.CertificateAuthority, host: 
             409,
         )
     client = agents.for_host(host)
+    db.release(session)  # no database connection held while the host answers
     try:
         request = client.call("Host.certificateRequest")
         try:

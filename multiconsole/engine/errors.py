@@ -40,3 +40,21 @@ class Conflict(EngineError):
 
 class HostUnreachable(EngineError):
     status = 502
+
+
+class Unavailable(EngineError):
+    """503: a fault that should pass (the database, a host); the client may retry."""
+
+    status = 503
+
+    def __init__(self, field: str | None, reason: str, retry_after: float = 5):
+        super().__init__(field, reason)
+        self.headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+
+
+class HostNotResponding(Unavailable):
+    """503 at once instead of waiting on a host that is NonResponsive or already busy with
+    as many calls as it may have: a hung host must not hold the engine's threads."""
+
+    def __init__(self, host: str, why: str = "", retry_after: float = 10):
+        super().__init__("host", f"host {host} is not responding{f' ({why})' if why else ''}", retry_after)

@@ -18,9 +18,14 @@ import httpx
 
 from multiconsole.engine.broker import AgentClient
 from multiconsole.engine.db import Host
+from multiconsole.engine.errors import HostNotResponding
 from multiconsole.pki import CertificateAuthority
 
 AGENT_TIMEOUT = 30.0
+# Requests' calls to one host at once, and how long one more waits for its turn before it
+# answers 503: a hung host ties up this many request threads, never all of them.
+HOST_CALLS = 4
+HOST_WAIT = 1.0
 
 
 class TlsUnavailable(httpx.ConnectError):
@@ -51,13 +56,27 @@ class EngineTls:
 
 
 class Agents:
-    """Clients by (address, port, pinned certificate): plain HTTP, or TLS when pinned."""
+    """Clients by (address, port, pinned certificate): plain HTTP, or TLS when pinned.
 
-    def __init__(self, timeout: float = AGENT_TIMEOUT, tls: EngineTls | None = None):
+    With `per_host` (the requests' clients), at most that many calls go to one host at once
+    and a host the monitor found NonResponsive is not called at all: both answer 503 at once
+    (HostNotResponding). The monitor's own clients have no such limit: it must reach every host.
+    """
+
+    def __init__(
+        self,
+        timeout: float = AGENT_TIMEOUT,
+        tls: EngineTls | None = None,
+        per_host: int | None = None,
+        wait: float = HOST_WAIT,
+    ):
         self._timeout = timeout
         self.tls = tls
+        self.per_host = per_host
+        self._wait = wait
         self._context: ssl.SSLContext | None = None
         self._clients: dict[tuple[str, str, int], AgentClient] = {}
+        self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -77,11 +96,23 @@ class Agents:
             return self._clients[key]
 
     def for_host(self, host: Host) -> AgentClient:
+        if self.per_host is not None and host.status == "NonResponsive":
+            raise HostNotResponding(host.name, "its last polls failed")
         return self.for_address(host.address, host.port, host.cert_fingerprint, host.name)
 
+    def _limit(self, address: str, port: int) -> dict:
+        """The call limit shared by every client of one host (None: no limit)."""
+        if self.per_host is None:
+            return {}
+        slots = self._slots.setdefault((address, port), threading.BoundedSemaphore(self.per_host))
+        return {"slots": slots, "slot_wait": self._wait}
+
     def _new(self, address: str, port: int, fingerprint: str | None, name: str) -> AgentClient:
+        limit = self._limit(address, port)
         if fingerprint is None:
-            return AgentClient(self.url(address, port), timeout=self._timeout)
+            return AgentClient(
+                self.url(address, port), timeout=self._timeout, name=name or f"{address}:{port}", **limit
+            )
         if self.tls is None:
             raise TlsUnavailable(f"host {name or address} needs TLS, and this engine has no certificates")
         if self._context is None:
@@ -92,6 +123,7 @@ class Agents:
             ssl_context=self._context,
             pin=fingerprint,
             name=name or f"{address}:{port}",
+            **limit,
         )
 
     def forget(self, address: str, port: int) -> None:

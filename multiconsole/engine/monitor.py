@@ -25,7 +25,7 @@ from sqlalchemy.orm import selectinload, sessionmaker
 
 from multiconsole.engine import consoles, service
 from multiconsole.engine.broker import AgentCallError, AgentClient
-from multiconsole.engine.db import Host, Vm, now, utc
+from multiconsole.engine.db import Host, Vm, now, released, utc
 from multiconsole.engine.hosts import Agents
 from multiconsole.wire.exits import ExitReason, VmExit
 
@@ -129,15 +129,19 @@ class Monitor:
             if host is None or host.status not in POLLED:
                 return
             asked_at = now()
+            caps = None
             try:
                 client = self._client(host)
-                stats = client.call("Host.getAllVmStats")
-                if self.cycles % CAPS_EVERY == 0 or host.status != "Up":
-                    host.capabilities = client.call("Host.getCapabilities")
+                with released(session):  # a hung host holds no connection of the monitor's
+                    stats = client.call("Host.getAllVmStats")
+                    if self.cycles % CAPS_EVERY == 0 or host.status != "Up":
+                        caps = client.call("Host.getCapabilities")
             except (httpx.HTTPError, AgentCallError, ValueError) as err:
                 self._failed(session, host, err)
                 session.commit()
                 return
+            if caps is not None:
+                host.capabilities = caps
             if host.status != "Up":
                 log.warning("host responds again host=%s", host.name)
             host.status, host.failures, host.last_seen = "Up", 0, now()

@@ -31,7 +31,18 @@ from multiconsole.domain.display import (
 from multiconsole.domain.errors import FieldError
 from multiconsole.engine import builder
 from multiconsole.engine.broker import AgentCallError, CertificateMismatch
-from multiconsole.engine.db import AuditEntry, Cluster, EnrollmentToken, Host, Template, Vm, VmConsole, now
+from multiconsole.engine.db import (
+    AuditEntry,
+    Cluster,
+    EnrollmentToken,
+    Host,
+    Template,
+    Vm,
+    VmConsole,
+    now,
+    release,
+    released,
+)
 from multiconsole.engine.errors import Conflict, EngineError, HostUnreachable, NotFound
 from multiconsole.engine.hosts import Agents
 from multiconsole.wire.exits import ExitReason, VmExit
@@ -170,13 +181,14 @@ def add_host(
             )
         certificate, fingerprint = enrolment.certificate, enrolment.cert_fingerprint
         spice_subject = enrolment.spice_subject  # the .vv's host-subject for its SPICE TLS
-    try:
-        caps = agents.for_address(address, port, fingerprint, name).call("Host.getCapabilities")
-    except CertificateMismatch as err:
-        raise EngineError("address", str(err), 422) from None
-    except (httpx.HTTPError, AgentCallError, ValueError) as err:
-        url = agents.url(address, port, tls=fingerprint is not None)
-        raise EngineError("address", f"no agent answers at {url}: {_short(err)}", 422) from None
+    with released(session):
+        try:
+            caps = agents.for_address(address, port, fingerprint, name).call("Host.getCapabilities")
+        except CertificateMismatch as err:
+            raise EngineError("address", str(err), 422) from None
+        except (httpx.HTTPError, AgentCallError, ValueError) as err:
+            url = agents.url(address, port, tls=fingerprint is not None)
+            raise EngineError("address", f"no agent answers at {url}: {_short(err)}", 422) from None
     if not host_supports_level(caps, c.compat_level):
         levels = caps.get("clusterLevels") or ["3.3 (legacy display protocol only)"]
         raise EngineError(
@@ -454,6 +466,7 @@ def _wait_for_an_up_host(session: Session, vm: Vm, recheck: Callable[[str], None
             return
         if time.monotonic() >= deadline:
             return
+        release(session)  # no connection held while the monitor re-checks
         if recheck is not None and not asked:
             for host_id in rechecking:
                 recheck(host_id)
@@ -461,7 +474,7 @@ def _wait_for_an_up_host(session: Session, vm: Vm, recheck: Callable[[str], None
         time.sleep(0.2)
 
 
-def _pick_host(session: Session, vm: Vm, display: DisplayConfig) -> Host:
+def _pick_host(session: Session, vm: Vm, display: DisplayConfig, memory_mib: int) -> Host:
     # populate_existing: a host loaded earlier in this session may have changed since.
     hosts = session.scalars(
         select(Host).where(Host.cluster_id == vm.cluster_id).execution_options(populate_existing=True)
@@ -491,8 +504,8 @@ def _pick_host(session: Session, vm: Vm, display: DisplayConfig) -> Host:
             reasons.append(f"{h.name} has no {', '.join(missing)}")
             continue
         free = caps.get("memFree", 0)
-        if free < vm.memory_mib:
-            reasons.append(f"{h.name} has {free} MiB free, the VM needs {vm.memory_mib}")
+        if free < memory_mib:
+            reasons.append(f"{h.name} has {free} MiB free, the VM needs {memory_mib}")
             continue
         candidates.append((busy.get(h.id, 0), -free, h.name, h))
     if not candidates:
@@ -508,29 +521,28 @@ def start_vm(session: Session, agents: Agents, key: str, recheck: Callable[[str]
     if vm.status in ON_HOST:
         raise Conflict("status", f"VM {vm.name!r} is already {vm.status}")
     _wait_for_an_up_host(session, vm, recheck)
-    pending = dict(vm.next_run) if vm.next_run else None
-    _apply_next_run(vm)
-    display = DisplayConfig.from_json(vm.display)
-    check_display(display, vm.os_type, vm.cluster)
-    host = _pick_host(session, vm, display)
+    # What waits for the next start runs now; the VM keeps it only once its host took it.
+    pending = vm.next_run or {}
+    display = DisplayConfig.from_json(pending.get("display", vm.display))
+    memory_mib = pending.get("memory_mib", vm.memory_mib)
+    check_display(display, pending.get("os_type", vm.os_type), vm.cluster)
+    host = _pick_host(session, vm, display, memory_mib)
     params = builder.vm_create(
         vm_id=vm.id,
         name=vm.name,
-        memory_mib=vm.memory_mib,
-        vcpus=vm.vcpus,
+        memory_mib=memory_mib,
+        vcpus=pending.get("vcpus", vm.vcpus),
         display=display,
         cluster_level=vm.cluster.compat_level,
     )
-    try:
-        reply = agents.for_host(host).call("VM.create", vmID=vm.id, vmParams=params)
-    except AgentCallError as err:
-        if pending is not None:
-            vm.next_run = pending
-        raise EngineError("host", f"host {host.name} refused the VM: {err.message}", 409) from None
-    except httpx.HTTPError as err:
-        if pending is not None:
-            vm.next_run = pending
-        raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
+    with released(session):
+        try:
+            reply = agents.for_host(host).call("VM.create", vmID=vm.id, vmParams=params)
+        except AgentCallError as err:
+            raise EngineError("host", f"host {host.name} refused the VM: {err.message}", 409) from None
+        except httpx.HTTPError as err:
+            raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
+    _apply_next_run(vm)
     vm.host_id = host.id
     vm.host = host
     vm.started_at = vm.acted_at = now()
@@ -547,15 +559,16 @@ def stop_vm(session: Session, agents: Agents, key: str) -> Vm:
         raise Conflict("status", f"VM {vm.name!r} is not running ({vm.status})")
     host = session.get(Host, vm.host_id) if vm.host_id else None
     if host is not None:
-        try:
-            agents.for_host(host).call("VM.destroy", vmID=vm.id)
-        except AgentCallError as err:
-            if err.code != 1:  # 1: the host no longer has it, which is what we want
-                raise EngineError(
-                    "host", f"host {host.name} could not stop the VM: {err.message}", 409
-                ) from None
-        except httpx.HTTPError as err:
-            raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
+        with released(session):
+            try:
+                agents.for_host(host).call("VM.destroy", vmID=vm.id)
+            except AgentCallError as err:
+                if err.code != 1:  # 1: the host no longer has it, which is what we want
+                    raise EngineError(
+                        "host", f"host {host.name} could not stop the VM: {err.message}", 409
+                    ) from None
+            except httpx.HTTPError as err:
+                raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
     mark_down(vm, why=VmExit.of(ExitReason.ADMIN_SHUTDOWN))
     vm.acted_at = now()
     return vm
@@ -647,22 +660,25 @@ def screenshot(
     params: dict[str, Any] = {"vmID": vm.id, "screen": screen}
     if max_width is not None:
         params["maxWidth"] = max_width
-    try:
-        reply = agents.for_host(host).call("VM.screenshot", **params)
-    except AgentCallError as err:
-        if err.code == 102:
-            raise Conflict("status", f"VM {vm.name!r} is not running on host {host.name}") from None
-        if err.code == 1:
-            raise Conflict("status", f"host {host.name} no longer runs VM {vm.name!r}") from None
-        if err.code == 101:
-            raise Conflict("video", f"VM {vm.name!r}: {err.message}") from None
-        if err.code == -32601:
-            raise Conflict("host", f"host {host.name} cannot take screenshots (its agent is older)") from None
-        raise EngineError(
-            "host", f"host {host.name} could not take the screenshot: {err.message}", 502
-        ) from None
-    except httpx.HTTPError as err:
-        raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
+    with released(session):
+        try:
+            reply = agents.for_host(host).call("VM.screenshot", **params)
+        except AgentCallError as err:
+            if err.code == 102:
+                raise Conflict("status", f"VM {vm.name!r} is not running on host {host.name}") from None
+            if err.code == 1:
+                raise Conflict("status", f"host {host.name} no longer runs VM {vm.name!r}") from None
+            if err.code == 101:
+                raise Conflict("video", f"VM {vm.name!r}: {err.message}") from None
+            if err.code == -32601:
+                raise Conflict(
+                    "host", f"host {host.name} cannot take screenshots (its agent is older)"
+                ) from None
+            raise EngineError(
+                "host", f"host {host.name} could not take the screenshot: {err.message}", 502
+            ) from None
+        except httpx.HTTPError as err:
+            raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
     try:
         png = base64.b64decode(reply["png"], validate=True)
     except (KeyError, TypeError, ValueError):

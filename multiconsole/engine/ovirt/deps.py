@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from multiconsole.engine import api, auth
-from multiconsole.engine.db import User
+from multiconsole.engine.db import User, release
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.ovirt.xml import MAX_BODY
 from multiconsole.engine.permissions import Grants
@@ -32,6 +32,12 @@ def user_by_login_name(session: Session, name: str) -> str:
 
 
 def current_user(request: Request, session: Session = Depends(db, scope="function")) -> User:
+    user = _authenticate(request, session)
+    release(session)  # no connection held between the request's steps (see api.current_user)
+    return user
+
+
+def _authenticate(request: Request, session: Session) -> User:
     scheme, _, param = (request.headers.get("Authorization") or "").partition(" ")
     if scheme.lower() == "bearer":
         return auth.user_for_token(session, param.strip())
@@ -52,7 +58,9 @@ def current_user(request: Request, session: Session = Depends(db, scope="functio
 
 
 def grants(session: Session = Depends(db, scope="function"), user: User = Depends(current_user)) -> Grants:
-    return Grants.load(session, user)
+    g = Grants.load(session, user)
+    release(session)
+    return g
 
 
 def api_version(version: str | None = Header(None)) -> None:

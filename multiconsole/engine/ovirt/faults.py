@@ -16,9 +16,11 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from multiconsole.domain.errors import FieldError
+from multiconsole.engine import dbfaults
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.ovirt import xml
 
@@ -75,6 +77,13 @@ class FaultRoute(APIRoute):
                 return fault_response(409, f"[{err.field}: {err.reason}]")
             except StarletteHTTPException as err:
                 return fault_response(err.status_code, f"[{err.detail}]")
+            except SQLAlchemyError as err:  # the database's faults: 503 (a taken name: 409)
+                mapped = dbfaults.as_engine_error(err)
+                if mapped is not None:
+                    log.warning("database error in the oVirt API: %s", mapped.reason)
+                    return from_engine_error(mapped)
+                log.error("unexpected database error in the oVirt API", exc_info=err)
+                return fault_response(500, "[internal error; see the engine's log]")
             except Exception as err:  # no stack trace to the client; the log has it
                 log.error("unexpected error in the oVirt API: %s", type(err).__name__, exc_info=err)
                 return fault_response(500, "[internal error; see the engine's log]")
