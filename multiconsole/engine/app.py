@@ -40,6 +40,8 @@ class Settings:
     token_ttl: int = auth.TOKEN_TTL_DEFAULT
     # Console tickets (ticket, .vv, proxy ticket) a user may get per minute.
     ticket_rate_limit: int = 30
+    # Texts or key combinations a user may type into VMs per minute (POST /vms/{vm}/keys).
+    keys_rate_limit: int = 20
     # The CA, the engine's client certificate: made on first start; default <data dir>/pki.
     pki_dir: str | None = None
     # HTTPS for the API and web UI, wss for the proxy: the admin's tls_cert + tls_key, else with
@@ -182,6 +184,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.proxy = None
     app.state.renewer = None
     app.state.ticket_limiter = auth.RateLimiter(settings.ticket_rate_limit, 60.0)
+    app.state.keys_limiter = auth.RateLimiter(settings.keys_rate_limit, 60.0)
     app.state.proxy_key = tickets.load_or_create_key(settings.proxy_key_file or tickets.default_key_path())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)

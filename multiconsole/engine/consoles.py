@@ -37,6 +37,7 @@ AUDIT_EVENTS = (
     "console connected",
     "console disconnected",
     "console taken over",
+    "keys typed",
 )
 
 
