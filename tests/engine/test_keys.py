@@ -10,9 +10,10 @@ import pytest
 from multiconsole.agent.vms import VmManager
 from multiconsole.domain.keys import ALT, ALTGR, CTRL, RETURN, SHIFT
 from multiconsole.engine import keys as engine_keys
-from tests.engine.conftest import FakeHost, engine_client, error, ok
+from tests.engine.conftest import ADMIN, FakeHost, engine_client, error, ok
 from tests.engine.test_api import VM, setup_cluster
-from tests.engine.test_permissions import add_user, grant
+from tests.engine.test_permissions import add_user, grant, papi, world  # noqa: F401 (fixtures)
+from tests.engine.test_web_ui import ORIGIN, _row, browser, login
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/qemu/keymaps/de").is_file(), reason="QEMU's keymaps are missing (qemu-system-data)"
@@ -161,3 +162,26 @@ def test_a_host_without_the_layout(sqlite_api, host):
     running_vm(sqlite_api, host, keyboard_layout="fr")
     body = error(sqlite_api.post("/api/v1/vms/web1/keys", json={"text": "a"}), 409, "keyboard_layout")
     assert "this host has no keyboard layout 'fr'" in body["reason"]
+
+
+def test_web_ui_offers_paste_as_keystrokes_to_console_users(world):  # noqa: F811
+    for who in ("admin", "alice"):
+        b = browser(world.api)
+        login(b, *(ADMIN if who == "admin" else world.users[who]))
+        row = _row(b.get("/ui/vms").text, "vm-a")
+        assert 'class="launch type-keys" data-vm="vm-a"' in row and "Paste as keystrokes" in row, who
+    page = b.get("/ui/vms").text
+    assert 'id="keys-dialog"' in page and 'id="keys-text"' in page
+    console = b.get("/console/vm-a").text
+    assert 'id="paste-text"' in console and "/keys`" in console
+    # The pages' POST: the cookie and the same origin; from another site it is refused.
+    reply = b.post(
+        "/api/v1/vms/vm-a/keys", json={"keys": ["enter"]}, headers={"Origin": "http://evil.example"}
+    )
+    assert reply.status_code == 403
+    reply = b.post("/api/v1/vms/vm-a/keys", json={"keys": ["enter"]}, headers={"Origin": ORIGIN})
+    assert reply.status_code == 200, reply.text
+
+    bob = browser(world.api)  # vm_operator, no console_user
+    login(bob, *world.users["bob"])
+    assert "type-keys" not in _row(bob.get("/ui/vms").text, "vm-a")
