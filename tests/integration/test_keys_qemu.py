@@ -19,12 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import libvirt
 import pytest
 from lxml import etree
 
-from tests.engine.conftest import engine_client, error, ok
+from multiconsole.engine.app import Settings, make_app
+from tests.conftest import artifacts_dir
+from tests.engine.conftest import ADMIN, engine_client, error, ok
+from tests.integration.test_browser_console import CHROMIUM_ARGS
 from tests.integration.test_engine_qemu import add_host, vm_name
+from tests.support.servers import ThreadServer, free_port
 
 GUEST_DIR = Path(os.environ.get("MULTICONSOLE_GUEST_DIR", "/var/cache/multiconsole/guest"))
 IMAGE = GUEST_DIR / "tiny-linux.img"
@@ -174,3 +179,68 @@ def test_typed_text_reaches_the_guest_exactly(engine, agent_proc, system_conn, g
     while serial_text(log).count("tiny-linux: ready") == before:
         assert time.monotonic() < deadline, "Ctrl+Alt+Del did not reboot the guest"
         time.sleep(0.5)
+
+
+def test_paste_as_keystrokes_in_the_browser_console(agent_proc, system_conn, guest_dir, tmp_path):
+    """Chromium on the engine's console page: the "Paste as keystrokes" box types into the guest."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    app = make_app(
+        Settings(
+            db_url=f"sqlite:///{tmp_path / 'e.db'}",
+            admin_password=ADMIN[1],
+            monitor=False,
+            proxy_port=free_port(),
+            proxy_key_file=str(tmp_path / "proxy.key"),
+            pki_dir=str(tmp_path / "pki"),
+            allowed_origins=[f"http://127.0.0.1:{port}"],
+        )
+    )
+    server = ThreadServer(app, port=port).start()
+    api = httpx.Client(base_url=server.url, auth=ADMIN, timeout=60)
+    name = vm_name("paste")
+    try:
+        ok(api.post("/api/v1/clusters", json={"name": "c", "compat_level": "4.7"}), 201)
+        add_host(api, agent_proc.port, "c", "local")
+        fields = {"name": name, "cluster": "c", "memory_mib": 256, "video": "vga", "consoles": ["vnc"]}
+        ok(api.post("/api/v1/vms", json={**fields, "keyboard_layout": "de"}), 201)
+        vm = ok(api.post(f"/api/v1/vms/{name}/start"))
+        log = give_it_the_guest_disk(system_conn, vm["id"], name, "de", guest_dir)
+        wait_for(log, "tiny-linux: ready", 90)
+        shell_ready(api, name, log)
+        text = "Grüße aus dem Browser: [ok] @home"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_context(
+                    http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
+                    viewport={"width": 900, "height": 600},
+                ).new_page()
+                page.goto(f"{server.url}/console/{name}")
+                page.click("#paste-toggle")
+                # Untypable on de: refused by name, nothing typed.
+                page.fill("#paste-text", "echo refused >/dev/ttyS0\nΩ")
+                page.click("#paste-send")
+                page.wait_for_selector("#paste[data-state=refused]", timeout=30000)
+                assert "cannot type 'Ω' (U+03A9) with keyboard layout de" in page.inner_text("#paste-status")
+                page.fill("#paste-text", f"cat >/dev/ttyS0\n{text}\n")
+                page.click("#paste-send")
+                page.wait_for_selector("#paste[data-state=typed]", timeout=60000)
+                assert page.inner_text("#paste-status").startswith(
+                    f"typed {len(text) + 17} characters (layout de)"
+                )
+                page.screenshot(path=str(artifacts_dir() / "browser-console-paste.png"))
+            finally:
+                browser.close()
+        type_into(api, name, {"keys": ["ctrl-d"]})
+        wait_for(log, text + "\r\n", 30)
+        assert "refused" not in serial_text(log)
+        events = ok(api.get("/api/v1/audit", params={"vm": name}))
+        assert any(
+            e["event"] == "keys typed" and e["detail"].startswith(f"typed {len(text) + 17}") for e in events
+        )
+    finally:
+        api.post(f"/api/v1/vms/{name}/stop")
+        api.close()
+        server.stop()
