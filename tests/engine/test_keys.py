@@ -169,7 +169,7 @@ def test_web_ui_offers_paste_as_keystrokes_to_console_users(world):  # noqa: F81
         b = browser(world.api)
         login(b, *(ADMIN if who == "admin" else world.users[who]))
         row = _row(b.get("/ui/vms").text, "vm-a")
-        assert 'class="launch type-keys" data-vm="vm-a"' in row and "Paste as keystrokes" in row, who
+        assert 'class="type-keys" data-vm="vm-a"' in row and "Paste as keystrokes" in row, who
     page = b.get("/ui/vms").text
     assert 'id="keys-dialog"' in page and 'id="keys-text"' in page
     console = b.get("/console/vm-a").text

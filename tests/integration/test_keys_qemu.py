@@ -231,10 +231,25 @@ def test_paste_as_keystrokes_in_the_browser_console(agent_proc, system_conn, gue
                     f"typed {len(text) + 17} characters (layout de)"
                 )
                 page.screenshot(path=str(artifacts_dir() / "browser-console-paste.png"))
+                type_into(api, name, {"keys": ["ctrl-d"]})
+                wait_for(log, text + "\r\n", 30)
+
+                # The VMs list: "Paste as keystrokes" beside the console, with the web UI's session.
+                page = browser.new_context(viewport={"width": 1200, "height": 800}).new_page()
+                page.goto(f"{server.url}/ui/login")
+                page.fill("#login-name", ADMIN[0])
+                page.fill("#login-password", ADMIN[1])
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{server.url}/ui/vms")
+                page.click(f"tr[data-vm='{name}'] .type-keys")
+                page.fill("#keys-text", "echo from the list >/dev/ttyS0\n")
+                page.click("#keys-send")
+                page.wait_for_function("document.querySelector('#keys-done').textContent.startsWith('Typed')")
+                assert page.inner_text("#keys-done") == "Typed 31 characters (layout de)."
+                page.screenshot(path=str(artifacts_dir() / "vms-list-paste.png"))
             finally:
                 browser.close()
-        type_into(api, name, {"keys": ["ctrl-d"]})
-        wait_for(log, text + "\r\n", 30)
+        wait_for(log, "from the list\r\n", 30)
         assert "refused" not in serial_text(log)
         events = ok(api.get("/api/v1/audit", params={"vm": name}))
         assert any(
