@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from multiconsole.agent.vms import VmManager
+from multiconsole.agent.vms import AgentError, VmManager
 from multiconsole.domain.keys import ALT, ALTGR, CTRL, RETURN, SHIFT
 from multiconsole.engine import keys as engine_keys
+from multiconsole.wire.errors import ErrorCode
 from tests.engine.conftest import ADMIN, FakeHost, engine_client, error, ok
 from tests.engine.test_api import VM, setup_cluster
 from tests.engine.test_permissions import add_user, grant, papi, world  # noqa: F401 (fixtures)
@@ -185,3 +186,33 @@ def test_web_ui_offers_paste_as_keystrokes_to_console_users(world):  # noqa: F81
     bob = browser(world.api)  # vm_operator, no console_user
     login(bob, *world.users["bob"])
     assert "type-keys" not in _row(bob.get("/ui/vms").text, "vm-a")
+
+
+class _OldManager(VmManager):
+    def send_keys(self, *_a, **_kw):
+        raise AgentError(ErrorCode.METHOD_NOT_FOUND, "no such method: VM.sendKeys")
+
+
+class _BrokenManager(VmManager):
+    def send_keys(self, *_a, **_kw):
+        raise AgentError(ErrorCode.LIBVIRT_FAILURE, "sending keys: qemu said no")
+
+
+@pytest.mark.parametrize(
+    ("manager_cls", "status", "reason"),
+    [
+        (_OldManager, 409, "host h-prod cannot type into VMs (its agent is older)"),
+        (_BrokenManager, 502, "host h-prod could not type: sending keys: qemu said no"),
+    ],
+)
+def test_hosts_that_cannot_type(sqlite_api, tmp_path, manager_cls, status, reason):
+    h = FakeHost(tmp_path, manager_cls=manager_cls)
+    try:
+        running_vm(sqlite_api, h)
+        body = error(sqlite_api.post("/api/v1/vms/web1/keys", json={"text": "a"}), status, "host")
+        assert body["reason"] == reason
+    finally:
+        h.stop()
+    body = error(sqlite_api.post("/api/v1/vms/web1/keys", json={"text": "a"}), 502, "host")
+    assert body["reason"].startswith("host h-prod did not answer")
+    assert keys_audit(sqlite_api) == []
