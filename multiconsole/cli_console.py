@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import webbrowser
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import typer
 
 from multiconsole.cli_engine import Run, _table, _text, command, usage_error
+from multiconsole.client import path
 from multiconsole.wire import vvfile
 
 Protocol = Literal["spice", "vnc"]
@@ -32,8 +34,27 @@ def register(app: typer.Typer) -> None:
         take_over: Annotated[
             bool, typer.Option("--take-over", help="disconnect another user who holds the console")
         ] = False,
+        type_text: Annotated[
+            str | None, typer.Option("--type", help="type this text into the VM (its keyboard layout)")
+        ] = None,
+        type_file: Annotated[
+            Path | None, typer.Option("--type-file", help="type this file's text into the VM ('-': stdin)")
+        ] = None,
+        key: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--key", help="press a key or combination: enter, ctrl-alt-delete, ctrl-alt-f2 (repeat)"
+            ),
+        ] = None,
     ) -> None:
-        """Open a VM's console: a one-time password, a remote-viewer file, or the browser."""
+        """Open a VM's console: a one-time password, a remote-viewer file, or the browser.
+        Or type into it: --type TEXT, --type-file FILE, --key ctrl-alt-delete."""
+        typing = sum((type_text is not None, type_file is not None, bool(key)))
+        if typing:
+            if typing > 1 or vv is not None or open_viewer or browser:
+                usage_error("choose one of --type, --type-file and --key, without --vv, --open or --browser")
+            send_keys(run, name, type_text, type_file, key)
+            return
         if sum((vv is not None, open_viewer, browser)) > 1:
             usage_error("choose one of --vv, --open and --browser")
         if browser:
@@ -94,6 +115,21 @@ def register(app: typer.Typer) -> None:
             run.console.print(tb)
 
         run.show(out, table)
+
+    def send_keys(run: Run, name: str, text: str | None, file: Path | None, combos: list[str] | None) -> None:
+        if file is not None:
+            try:
+                raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+                text = raw.decode("utf-8")
+            except OSError as err:
+                usage_error(f"cannot read {file}: {err.strerror}")
+            except UnicodeDecodeError:
+                usage_error(f"{file} is not UTF-8 text")
+        body: dict = {"keys": combos} if combos else {"text": text}
+        # About 30 ms a character on the host: wait for all of it.
+        out = run.client.post(path("vms", name, "keys"), body, timeout=60 + 0.05 * len(text or ""))
+        what = f"{out['characters']} characters" if text is not None else ", ".join(combos or [])
+        run.show(out, lambda: run.say(f"typed {what} into {out['vm']} (layout {out['keyboard_layout']})"))
 
     @command(app, "audit")
     def audit(

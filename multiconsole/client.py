@@ -283,10 +283,15 @@ class EngineClient:
             return None
         return httpx.BasicAuth(self.user, self.password)
 
-    def request(self, method: str, api_path: str, body: Any = None) -> Any:
-        """The engine's JSON answer (None for 204 No Content)."""
+    def request(self, method: str, api_path: str, body: Any = None, timeout: float | None = None) -> Any:
+        """The engine's JSON answer (None for 204 No Content); `timeout` for slow calls (typing)."""
         try:
-            r = self._http.request(method, self.url + API_PREFIX + api_path, json=body)
+            r = self._http.request(
+                method,
+                self.url + API_PREFIX + api_path,
+                json=body,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
         except httpx.InvalidURL as err:
             raise EngineUnreachable(self.url, f"not a valid URL ({err})") from None
         except httpx.TimeoutException:
@@ -342,8 +347,8 @@ class EngineClient:
     def get(self, api_path: str) -> Any:
         return self.request("GET", api_path)
 
-    def post(self, api_path: str, body: Any = None) -> Any:
-        return self.request("POST", api_path, body)
+    def post(self, api_path: str, body: Any = None, timeout: float | None = None) -> Any:
+        return self.request("POST", api_path, body, timeout)
 
     def patch(self, api_path: str, body: Any) -> Any:
         return self.request("PATCH", api_path, body)

@@ -207,6 +207,25 @@ class Screenshot(BaseModel):
     mimeType: Literal["image/png"]
 
 
+class SendKeysParams(VmIdParams):
+    text: str | None = Field(
+        None,
+        max_length=8192,
+        description="text to type (at most 500 characters, 8192 with check); newlines are Enter, "
+        "tabs Tab (or give keys)",
+    )
+    keys: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=32, description="named keys or combinations: enter, f2, ctrl-alt-delete, alt-f4"
+    )
+    keyMap: str = Field("en-us", max_length=16, description="the guest's keyboard layout (QEMU keymap name)")
+    check: bool = Field(False, description="only translate (refusing what cannot be typed); send nothing")
+
+
+class SentKeys(BaseModel):
+    sent: int = Field(description="key presses sent (0 with check)")
+    keys: int = Field(description="key presses the text or keys translate to")
+
+
 @dataclass(frozen=True)
 class Method:
     params: type[Params]
@@ -285,6 +304,13 @@ METHODS: dict[str, Method] = {
         Screenshot,
         "A PNG of one screen of a running VM, read from QEMU's framebuffer: consoles are not disturbed.",
         lambda vm, p: vm.screenshot(p.vmID, p.screen, p.maxWidth),
+    ),
+    "VM.sendKeys": Method(
+        SendKeysParams,
+        SentKeys,
+        "Type text or press named keys on a running VM's keyboard (libvirt send-key), translated "
+        "with the host's QEMU keymap for keyMap; nothing is sent if any character cannot be typed.",
+        lambda vm, p: vm.send_keys(p.vmID, p.text, p.keys, p.keyMap, p.check),
     ),
 }
 

@@ -21,6 +21,7 @@ from lxml import etree
 
 from multiconsole.agent import certs, domxml
 from multiconsole.agent.events import EventHub
+from multiconsole.agent.keyboard import MAX_CHECK, MAX_TEXT, KeyboardError, Keyboards, SendFailed
 from multiconsole.agent.libvirtconn import Connection
 from multiconsole.agent.screenshot import MAX_BYTES as SCREENSHOT_MAX_BYTES
 from multiconsole.agent.screenshot import MAX_WIDTH_RANGE, NotAnImage, to_png
@@ -146,6 +147,7 @@ class VmManager:
             spice_tls=spice_tls_configured(uri),
         )
         self._caps: dict | None = None
+        self.keyboards = Keyboards()
         # The host's certificates, for renewal by the engine (set by the server when it serves TLS).
         self.certs = certs.Certificates(None, certs.spice_cert_dir() if self.host.spice_tls else None)
         self.recover()
@@ -563,3 +565,34 @@ class VmManager:
             return bool(dom.isActive())
         except libvirt.libvirtError:
             return False
+
+    def send_keys(
+        self,
+        vm_id: str,
+        text: str | None = None,
+        combos: list[str] | None = None,
+        layout: str = "en-us",
+        check: bool = False,
+    ) -> dict:
+        """Type `text` (or press the named `combos`) on a running VM's keyboard with layout
+        `layout`. All is translated first: an untypable character sends nothing. With `check`,
+        only translate."""
+        try:
+            presses = self.keyboards.presses(layout, text, combos, MAX_CHECK if check else MAX_TEXT)
+        except KeyboardError as err:
+            raise _field_error(FieldError(err.field, err.reason)) from None
+        dom, _xml = self._domain(vm_id)
+        if not self._active(dom):
+            raise AgentError(ErrorCode.VM_NOT_RUNNING, f"VM {vm_id} is not running")
+        if check:
+            return {"sent": 0, "keys": len(presses)}
+        try:
+            sent = self.keyboards.send(vm_id, dom, presses)
+        except SendFailed as err:
+            if not self._active(dom):
+                raise AgentError(
+                    ErrorCode.VM_NOT_RUNNING, f"VM {vm_id} stopped while typing ({err})"
+                ) from None
+            raise AgentError(ErrorCode.LIBVIRT_FAILURE, f"sending keys: {err}") from None
+        log.info("keys sent vm_id=%s keys=%d layout=%s", vm_id, sent, layout)
+        return {"sent": sent, "keys": len(presses)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -36,6 +37,8 @@ from multiconsole.engine.schemas import (
     ConsoleState,
     HostIn,
     HostOut,
+    KeysIn,
+    KeysOut,
     LoginIn,
     LoginOut,
     MeOut,
@@ -766,3 +769,49 @@ def vm_screenshot(
         if at_once is not None:
             at_once.leave(g.user.id)
     return Response(png, media_type="image/png", headers=NO_STORE)
+
+
+# --- typing into a VM ------------------------------------------------------------------
+
+
+@router.post("/vms/{key}/keys", response_model=KeysOut)
+def vm_keys(
+    key: str,
+    body: KeysIn,
+    request: Request,
+    session: Session = Depends(db, scope="function"),
+    g: Grants = Depends(grants),
+):
+    """Type text (with the VM's keyboard layout) or press named keys on a running VM, as if on
+    its keyboard: works with any console and nothing in the guest. Audited without the text."""
+    from multiconsole.engine import keys
+
+    vm = require_vm(session, g, key, CONSOLE_USER, "type into")
+    if body.keys is not None:
+        keys.check_keys(body.keys)
+    limiter: auth.RateLimiter | None = getattr(request.app.state, "keys_limiter", None)
+    wait = limiter.hit(g.user.id) if limiter is not None else None
+    if wait is not None:
+        raise auth.TooManyRequests(
+            f"too much typing: {g.user.name} may send {limiter.limit} texts or keys in "
+            f"{limiter.window:g} s; try again in {max(1, round(wait))} s",
+            wait,
+        )
+    t = keys.target(session, request.app.state.agents, vm)
+    user_name = g.user.name
+    session.commit()  # no database connection is held while the host types
+    sent = keys.Sent()
+    try:
+        keys.send(t, body.text, body.keys, sent)
+    finally:
+        if sent.keys:
+            consoles.audit(
+                session,
+                "keys typed",
+                user_name,
+                SimpleNamespace(id=t.vm_id, name=t.vm_name),  # type: ignore[arg-type]
+                client_address=auth.client_address.get(),
+                detail=keys.audit_detail(body.text, body.keys, sent, t.layout),
+            )
+            session.commit()
+    return KeysOut(vm=t.vm_name, keyboard_layout=t.layout, characters=sent.characters, keys_sent=sent.keys)

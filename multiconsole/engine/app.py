@@ -45,6 +45,8 @@ class Settings:
     screenshot_rate_limit: int = 120
     # Screenshots one user may wait on at once (beyond: 429 at once).
     screenshots_at_once: int = 8
+    # Texts or key combinations a user may type into VMs per minute (POST /vms/{vm}/keys).
+    keys_rate_limit: int = 20
     # The CA, the engine's client certificate: made on first start; default <data dir>/pki.
     pki_dir: str | None = None
     # HTTPS for the API and web UI, wss for the proxy: the admin's tls_cert + tls_key, else with
@@ -206,6 +208,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.ticket_limiter = auth.RateLimiter(settings.ticket_rate_limit, 60.0)
     app.state.screenshot_limiter = auth.RateLimiter(settings.screenshot_rate_limit, 60.0)
     app.state.screenshots_at_once = auth.AtOnce(settings.screenshots_at_once)
+    app.state.keys_limiter = auth.RateLimiter(settings.keys_rate_limit, 60.0)
     app.state.proxy_key = tickets.load_or_create_key(settings.proxy_key_file or tickets.default_key_path())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)

@@ -38,6 +38,7 @@ AUDIT_EVENTS = (
     "console disconnected",
     "console taken over",
     "VM crashed",
+    "keys typed",
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from multiconsole.domain.devices import SPICE_CHANNELS, GraphicsType, VideoModel
 from multiconsole.domain.display import CLUSTER_LEVELS, DisconnectAction, DisplayConfig
@@ -326,6 +326,33 @@ class TicketIn(In):
         "is refused if an unknown client is connected, and your own earlier session is disconnected",
     )
     take_over: bool = Field(False, description="disconnect another user who holds the console")
+
+
+class KeysIn(In):
+    text: str | None = Field(
+        None,
+        max_length=4096,
+        description="text to type with the VM's keyboard layout; newlines are Enter, tabs Tab",
+    )
+    keys: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="named keys or combinations, pressed in turn: enter, esc, f2, ctrl-alt-delete, alt-f4",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> KeysIn:
+        if (self.text is None) == (self.keys is None):
+            raise ValueError("give either text or keys")
+        return self
+
+
+class KeysOut(BaseModel):
+    vm: str
+    keyboard_layout: str
+    characters: int = Field(description="characters of the text typed (0 for keys)")
+    keys_sent: int = Field(description="key presses sent")
 
 
 class TicketOut(BaseModel):

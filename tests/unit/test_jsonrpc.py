@@ -23,6 +23,7 @@ METHODS = {
     "VM.setTicket",
     "VM.updateDevice",
     "VM.screenshot",
+    "VM.sendKeys",
     "Host.certificateRequest",
     "Host.installCertificate",
 }

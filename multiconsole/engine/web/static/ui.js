@@ -438,3 +438,52 @@ if (ticketDialog) {
     $("#ticket-copy").textContent = "Copied";
   });
 }
+
+// --- paste as keystrokes: POST /api/v1/vms/{vm}/keys ---------------------------------------
+
+const keysDialog = $("#keys-dialog");
+
+async function sendKeys(vm, body, button) {
+  $("#keys-error").textContent = "";
+  $("#keys-done").textContent = body.text !== undefined ? "typing…" : "";
+  button.disabled = true;
+  try {
+    const r = await call("POST", `/api/v1/vms/${encodeURIComponent(vm)}/keys`, body);
+    if (!r.ok) {
+      $("#keys-done").textContent = "";
+      $("#keys-error").textContent = errorOf(r).message;
+      return;
+    }
+    $("#keys-done").textContent =
+      body.text !== undefined
+        ? `Typed ${r.data.characters} characters (layout ${r.data.keyboard_layout}).`
+        : `Pressed ${body.keys.join(", ")}.`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+if (keysDialog) {
+  document.addEventListener("click", (ev) => {
+    const el = ev.target.closest(".type-keys");
+    if (!el) return;
+    keysDialog.dataset.vm = el.dataset.vm;
+    $("#keys-what").textContent = `Into ${el.dataset.vm}, as if typed on its keyboard.`;
+    $("#keys-error").textContent = "";
+    $("#keys-done").textContent = "";
+    keysDialog.showModal();
+    $("#keys-text").focus();
+  });
+  $("#keys-send").addEventListener("click", (ev) => {
+    const text = $("#keys-text").value;
+    if (!text) {
+      $("#keys-error").textContent = "Nothing to type.";
+      return;
+    }
+    sendKeys(keysDialog.dataset.vm, { text }, ev.currentTarget);
+  });
+  $$(".keys-combo", keysDialog).forEach((b) =>
+    b.addEventListener("click", (ev) => sendKeys(keysDialog.dataset.vm, { keys: [b.dataset.keys] }, ev.currentTarget)),
+  );
+  $("#keys-close").addEventListener("click", () => keysDialog.close());
+}
