@@ -374,12 +374,12 @@ def test_params_neither_object_nor_list(rpc, params):
 
 
 def test_invalid_vm_params_name_the_field(rpc, manager):
-    params = {**BOTH, "devices": [*BOTH["devices"], {"type": "disk"}]}
+    params = {**BOTH, "devices": [*BOTH["devices"], {"type": "disk", "format": "raw"}]}
     err = rpc.error("VM.create", {"vmID": VM_ID, "vmParams": params})
     assert err["code"] == -32602
     assert err["data"] == {
-        "field": "devices[3].type",
-        "reason": "unknown device type 'disk': expected video or graphics",
+        "field": "devices[3].path",
+        "reason": "must be the absolute path of an image file",
     }
     assert domains(manager) == []
 
