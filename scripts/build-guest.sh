@@ -156,10 +156,10 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
   sleep 0.2
 done
 if [ -n "$disk" ] && mount -t ext4 "$disk" /data; then
-  datanote="/data is on the disk ($disk): it stays across restarts"
+  datanote="Files in /data stay on the disk ($disk) across restarts"
 else
   mount -t tmpfs tmpfs /data
-  datanote="/data is in memory (no disk)"
+  datanote="Files in /data are in memory only (no data disk)"
 fi
 
 cat >/etc/banner <<BANNER
