@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import subprocess
 import time
 import uuid
 
@@ -18,7 +19,15 @@ import pytest
 
 from tests.integration.clients import capture_screen, ocr, vnc_capture, vnc_type
 from tests.integration.conftest import ports, ticket
-from tests.integration.guest import DISK_IMAGE, ISO_IMAGE, Overlays, SerialConsole, ensure_image, serial_pty
+from tests.integration.guest import (
+    DISK_IMAGE,
+    ISO_IMAGE,
+    REPO,
+    Overlays,
+    SerialConsole,
+    ensure_image,
+    serial_pty,
+)
 
 # "here": a TCG guest on a 2-core machine shared with other work; raise it only if measured.
 BOOT_LIMIT_S = float(os.environ.get("MULTICONSOLE_GUEST_BOOT_LIMIT", "30"))
@@ -155,3 +164,14 @@ def test_the_built_image_is_a_bootable_disk():
     with ISO_IMAGE.open("rb") as f:
         f.seek(17 * 2048)
         assert f.read(32)[1:6] == b"CD001"
+
+
+def test_the_builder_is_idempotent_and_cached():
+    """A second run with the same inputs rebuilds nothing: same files, no output."""
+    ensure_image()
+    before = (DISK_IMAGE.stat().st_mtime_ns, ISO_IMAGE.stat().st_mtime_ns)
+    run = subprocess.run(
+        [str(REPO / "scripts" / "build-guest.sh")], capture_output=True, stdin=subprocess.DEVNULL, timeout=600
+    )
+    assert run.returncode == 0 and run.stdout == b"", run.stdout + run.stderr
+    assert (DISK_IMAGE.stat().st_mtime_ns, ISO_IMAGE.stat().st_mtime_ns) == before
