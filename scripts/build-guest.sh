@@ -15,7 +15,8 @@
 # layout of its console; both come from SMBIOS OEM strings the agent writes
 # ("multiconsole:name=NAME", "multiconsole:keymap=de"). Shells run on tty1 and ttyS0.
 #
-# Idempotent: rebuilt only when a stamp of its inputs (this script, package versions)
+# The guest needs 128 MiB (64 is too little to unpack the kernel) and its disk on virtio or
+# ide. Idempotent: rebuilt only when a stamp of its inputs (this script, package versions)
 # changes. Usage: scripts/build-guest.sh [--force]   (OUT defaults to
 # /var/cache/multiconsole/guest; MULTICONSOLE_GUEST_DIR overrides it).
 set -euo pipefail
