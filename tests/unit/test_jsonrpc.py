@@ -70,6 +70,7 @@ def ticket(gtype: str = "vnc", password: str = "abcd1234", ttl=120, **kw) -> dic
 def test_get_capabilities(rpc):
     caps = rpc.result("Host.getCapabilities")
     assert caps["graphicsDevices"] is True
+    assert caps["diskDevices"] is True
     assert caps["legacyDisplay"] is True
     assert caps["graphicsTypes"] == ["spice", "vnc"]
     assert caps["videoTypes"] == ["qxl", "vga", "cirrus", "bochs", "virtio", "none"]
