@@ -48,7 +48,14 @@ BUSYBOX=$(dpkg -L busybox-static 2>/dev/null | grep -m1 '/bin/busybox$' || true)
 [ -x "$BUSYBOX" ] || { echo "build-guest: busybox-static is not installed" >&2; exit 1; }
 
 # The meta package depends on the current kernel package (its name carries the ABI).
-kernel_pkg=$(apt-cache depends "$KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+kernel_of() { apt-cache depends "$KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+kernel_pkg=$(kernel_of)
+if [ -z "$kernel_pkg" ]; then
+  # No package lists (cleaned): keep a built image, else fetch the lists.
+  [ -f "$OUT/tiny-linux.img" ] && [ "$FORCE" = 0 ] && exit 0
+  apt-get update -qq
+  kernel_pkg=$(kernel_of)
+fi
 [ -n "$kernel_pkg" ] || { echo "build-guest: no $KERNEL_META in the apt lists (apt-get update)" >&2; exit 1; }
 deb=$(ls "$OUT/debs/${kernel_pkg}_"*.deb 2>/dev/null | head -n 1 || true)
 # What the image is made of: this script, the kernel .deb and the host packages used.
