@@ -14,6 +14,9 @@ APT_PACKAGES=(
   spice-client-gtk virt-viewer xvfb xauth imagemagick x11-utils
   postgresql chromium
   libxml2-dev libcurl4-openssl-dev libssl-dev   # build ovirt-engine-sdk-python (and its pycurl)
+  # The demo guest (scripts/build-guest.sh) and reading its screen back (OCR)
+  busybox-static syslinux syslinux-common isolinux mtools dosfstools fdisk e2fsprogs cpio
+  xorriso kbd console-data qemu-utils tesseract-ocr tesseract-ocr-eng
 )
 
 need_apt=0
@@ -115,3 +118,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   rm -f "$log"
   touch "$STAMP"
 fi
+
+# The demo guest image (Debian kernel + busybox, bootable disk and ISO), rebuilt only
+# when its inputs change: /var/cache/multiconsole/guest/tiny-linux.{img,iso}.
+scripts/build-guest.sh

@@ -68,7 +68,7 @@ class VmIdParams(Params):
 class CreateParams(VmIdParams):
     vmParams: dict[str, Any] = Field(
         description="vmCreate parameters: graphics as devices (cluster level >= 3.4) "
-        "or the legacy top-level 'display' field"
+        "or the legacy top-level 'display' field; drives as vdsm disk devices"
     )
 
 
@@ -172,6 +172,9 @@ class Capabilities(BaseModel):
     graphicsTypes: list[str]
     videoTypes: list[str]
     graphicsDevices: bool = Field(description="accepts graphics as vmCreate devices")
+    diskDevices: bool = Field(
+        False, description="accepts vdsm disk devices (disk, cdrom) with boot order in vmCreate"
+    )
     legacyDisplay: bool = Field(description="accepts the legacy 'display' field")
     spiceTls: bool
     displayListen: str

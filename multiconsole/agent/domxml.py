@@ -1,7 +1,9 @@
 """Domain XML: build it from a VmSpec, read consoles back from live XML, edit tickets.
 
-Built with lxml only. Devices are written in a fixed order: VNC before SPICE, because
-QEMU has one audio backend and libvirt hands it to the last graphics device.
+Built with lxml only. Devices are written in a fixed order: drives, the serial console,
+then VNC before SPICE, because QEMU has one audio backend and libvirt hands it to the last
+graphics device. The guest learns its VM's name and keyboard layout from SMBIOS OEM
+strings ("multiconsole:name=...", "multiconsole:keymap=..."; the demo guest reads them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from multiconsole.domain.devices import (
     LOCKED_PASSWORD,
     LOCKED_VALID_TO,
     SPICE_CHANNELS,
+    Drive,
+    DriveBus,
+    DriveDevice,
     Graphics,
     GraphicsType,
     Video,
@@ -25,6 +30,9 @@ from multiconsole.wire.stats import LiveConsole
 
 METADATA_NS = "urn:multiconsole:vm:1"
 METADATA_TAG = f"{{{METADATA_NS}}}vm"
+OEM_PREFIX = "multiconsole:"
+# Target device names by bus: vda, sda, hda, ...
+TARGET_PREFIX = {DriveBus.VIRTIO: "vd", DriveBus.SATA: "sd", DriveBus.IDE: "hd"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,15 @@ def build(spec: VmSpec, params: dict, host: HostDisplay) -> str:
     etree.SubElement(vm, f"{{{METADATA_NS}}}params").text = json.dumps(params, sort_keys=True)
     etree.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
     etree.SubElement(dom, "vcpu").text = str(spec.vcpus)
+    dom.append(_sysinfo(spec))
     os_el = etree.SubElement(dom, "os")
     etree.SubElement(os_el, "type", arch=host.arch).text = "hvm"
-    etree.SubElement(os_el, "boot", dev="hd")
+    # libvirt refuses <os><boot> beside per-device boot orders: one or the other.
+    if not any(d.boot_order for d in spec.drives):
+        etree.SubElement(os_el, "boot", dev="hd")
+        if any(d.device == DriveDevice.CDROM for d in spec.drives):
+            etree.SubElement(os_el, "boot", dev="cdrom")
+    etree.SubElement(os_el, "smbios", mode="sysinfo")
     features = etree.SubElement(dom, "features")
     etree.SubElement(features, "acpi")
     etree.SubElement(dom, "clock", offset="utc")
@@ -61,6 +75,13 @@ def build(spec: VmSpec, params: dict, host: HostDisplay) -> str:
         etree.SubElement(dom, event).text = action
 
     devices = etree.SubElement(dom, "devices")
+    for drive, target in zip(spec.drives, _targets(spec.drives), strict=True):
+        devices.append(_disk(drive, target))
+    # A serial port on a pty, with the console on it: the guest's ttyS0, to stream later.
+    serial = etree.SubElement(devices, "serial", type="pty")
+    etree.SubElement(serial, "target", port="0")
+    console = etree.SubElement(devices, "console", type="pty")
+    etree.SubElement(console, "target", type="serial", port="0")
     graphics = sorted(spec.graphics, key=lambda g: g.type == GraphicsType.SPICE)
     if spec.graphics_of(GraphicsType.VNC):
         # An absolute pointer: without it the VNC cursor drifts from the guest's.
@@ -74,6 +95,50 @@ def build(spec: VmSpec, params: dict, host: HostDisplay) -> str:
         devices.append(_video(video, primary=i == 0 and len(spec.video) > 1))
     etree.SubElement(devices, "memballoon", model="none")
     return etree.tostring(dom, encoding="unicode")
+
+
+def _sysinfo(spec: VmSpec) -> etree._Element:
+    """SMBIOS tables: who made the machine, and OEM strings naming the VM and its layout."""
+    el = etree.Element("sysinfo", type="smbios")
+    system = etree.SubElement(el, "system")
+    for name, value in (
+        ("manufacturer", "multiconsole"),
+        ("product", "multiconsole VM"),
+        ("family", "multiconsole"),
+    ):
+        etree.SubElement(system, "entry", name=name).text = value
+    oem = etree.SubElement(el, "oemStrings")
+    etree.SubElement(oem, "entry").text = f"{OEM_PREFIX}name={spec.name}"
+    if spec.keymap:
+        etree.SubElement(oem, "entry").text = f"{OEM_PREFIX}keymap={spec.keymap}"
+    return el
+
+
+def _targets(drives: tuple[Drive, ...]) -> list[str]:
+    """Guest device names in the order the engine sent the drives, counted per bus."""
+    used: dict[DriveBus, int] = {}
+    out = []
+    for d in drives:
+        n = used.get(d.bus, 0)
+        used[d.bus] = n + 1
+        out.append(TARGET_PREFIX[d.bus] + chr(ord("a") + n))  # at most 16 drives: a..p
+    return out
+
+
+def _disk(d: Drive, target: str) -> etree._Element:
+    el = etree.Element("disk", type="file", device=d.device.value)
+    # The format is always declared: QEMU must never probe it (a raw image could pose as qcow2).
+    etree.SubElement(el, "driver", name="qemu", type=d.format.value)
+    if d.path is not None:
+        etree.SubElement(el, "source", file=d.path)
+    etree.SubElement(el, "target", dev=target, bus=d.bus.value)
+    if d.boot_order is not None:
+        etree.SubElement(el, "boot", order=str(d.boot_order))
+    if d.readonly:
+        etree.SubElement(el, "readonly")
+    if d.device_id:
+        etree.SubElement(el, "serial").text = d.device_id[:20]
+    return el
 
 
 def _graphics(g: Graphics, host: HostDisplay) -> etree._Element:

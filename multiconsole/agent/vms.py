@@ -472,6 +472,7 @@ class VmManager:
             "graphicsTypes": graphics,
             "videoTypes": video,
             "graphicsDevices": True,
+            "diskDevices": True,
             "legacyDisplay": True,
             "spiceTls": False,  # see capabilities()
             "displayListen": self.host.listen_address,

@@ -78,9 +78,42 @@ class Graphics:
     device_id: str | None = None
 
 
+class DriveDevice(StrEnum):
+    DISK = "disk"
+    CDROM = "cdrom"
+
+
+class DriveFormat(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+class DriveBus(StrEnum):
+    VIRTIO = "virtio"
+    SATA = "sata"
+    IDE = "ide"
+
+
+# IDE has two channels of two units each.
+IDE_MAX = 4
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A disk or CD-ROM: a host file of a declared format (QEMU never probes it)."""
+
+    device: DriveDevice
+    path: str | None  # absolute; None only for an empty CD-ROM tray
+    format: DriveFormat = DriveFormat.RAW
+    bus: DriveBus = DriveBus.VIRTIO
+    readonly: bool = False  # always True for a CD-ROM
+    boot_order: int | None = None  # 1 boots first; None: not a boot device
+    device_id: str | None = None
+
+
 @dataclass(frozen=True)
 class VmSpec:
-    """What the host needs to know to run a VM: identity, size and display devices."""
+    """What the host needs to know to run a VM: identity, size, display devices and drives."""
 
     vm_id: str
     name: str
@@ -90,6 +123,7 @@ class VmSpec:
     # In the order the engine sent them: the first one is the "first console" of the
     # legacy VM.setTicket call.
     graphics: tuple[Graphics, ...] = field(default_factory=tuple)
+    drives: tuple[Drive, ...] = ()
 
     @property
     def headless(self) -> bool:
@@ -97,3 +131,8 @@ class VmSpec:
 
     def graphics_of(self, gtype: GraphicsType) -> Graphics | None:
         return next((g for g in self.graphics if g.type == gtype), None)
+
+    @property
+    def keymap(self) -> str | None:
+        """The keyboard layout of the VM's consoles (the first one that names one)."""
+        return next((g.keymap for g in self.graphics if g.keymap), None)

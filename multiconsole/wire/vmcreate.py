@@ -4,17 +4,26 @@ New form (cluster level >= 3.4): graphics are regular entries of ``devices``.
 Legacy form: no graphics device, a top-level ``display`` of ``vnc``, ``qxl`` or
 ``qxlnc`` (both SPICE; ``nc`` = no image compression), absent = headless.
 Graphics devices, when present, win over ``display``.
+Drives come the way vdsm sends them, in both forms: ``devices`` entries of type ``disk``
+with ``device`` ``disk`` or ``cdrom``, an absolute ``path``, a ``format``, an ``iface``
+and a ``bootOrder``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import uuid
 from typing import Any
 
 from multiconsole.domain.devices import (
+    IDE_MAX,
     SPICE_CHANNELS,
+    Drive,
+    DriveBus,
+    DriveDevice,
+    DriveFormat,
     Graphics,
     GraphicsType,
     PciAddress,
@@ -25,7 +34,12 @@ from multiconsole.domain.devices import (
 from multiconsole.domain.errors import FieldError
 
 LEGACY_DISPLAYS = ("vnc", "qxl", "qxlnc")
-DEVICE_TYPES = ("video", "graphics")
+DEVICE_TYPES = ("video", "graphics", "disk")
+# vdsm names qcow2 "cow".
+DRIVE_FORMATS = {"raw": DriveFormat.RAW, "qcow2": DriveFormat.QCOW2, "cow": DriveFormat.QCOW2}
+MAX_DRIVES = 16
+BOOT_ORDER = (1, 64)
+PATH_MAX = 4096
 # oVirt's engine names a SPICE framebuffer "qxl" in the feature page's proposal.
 GRAPHICS_ALIASES = {"spice": GraphicsType.SPICE, "qxl": GraphicsType.SPICE, "vnc": GraphicsType.VNC}
 
@@ -69,16 +83,25 @@ def parse_vm_params(params: Any, vm_id: str | None = None) -> VmSpec:
         devices = params["devices"]
         if not isinstance(devices, list):
             raise FieldError("devices", "must be a list of device objects")
-        video, graphics = _devices(devices)
+        video, graphics, drives = _devices(devices)
         if not graphics and display is not None:
             graphics = (_legacy_graphics(params, display),)
     else:
         graphics = (_legacy_graphics(params, display),) if display is not None else ()
         video = _default_video(params, display)
+        drives = ()
 
     if graphics and video and video[0].model == VideoModel.NONE:
         raise FieldError("devices", "video 'none' cannot show a graphics console: pick another video")
-    return VmSpec(vm_id=vm_id, name=name, memory_mib=memory, vcpus=vcpus, video=video, graphics=graphics)
+    return VmSpec(
+        vm_id=vm_id,
+        name=name,
+        memory_mib=memory,
+        vcpus=vcpus,
+        video=video,
+        graphics=graphics,
+        drives=drives,
+    )
 
 
 def _vm_id(params: dict, vm_id: str | None) -> str:
@@ -100,23 +123,28 @@ def _vm_id(params: dict, vm_id: str | None) -> str:
     return canonical
 
 
-def _devices(devices: list) -> tuple[tuple[Video, ...], tuple[Graphics, ...]]:
+def _devices(devices: list) -> tuple[tuple[Video, ...], tuple[Graphics, ...], tuple[Drive, ...]]:
     video: list[Video] = []
     graphics: list[Graphics] = []
+    drives: list[tuple[str, Drive]] = []
     for i, dev in enumerate(devices):
         where = f"devices[{i}]"
         if not isinstance(dev, dict):
             raise FieldError(where, "must be an object")
         dtype = dev.get("type")
         if dtype not in DEVICE_TYPES:
-            raise FieldError(f"{where}.type", f"unknown device type {dtype!r}: expected video or graphics")
+            raise FieldError(
+                f"{where}.type", f"unknown device type {dtype!r}: expected video, graphics or disk"
+            )
         spec = dev.get("specParams", {})
         if spec is None:
             spec = {}
         if not isinstance(spec, dict):
             raise FieldError(f"{where}.specParams", "must be an object")
         device_id = _device_id(dev, where)
-        if dtype == "video":
+        if dtype == "disk":
+            drives.append((where, _drive(dev, where, device_id)))
+        elif dtype == "video":
             video.append(_video(dev, spec, where, device_id))
         else:
             g = _graphics(dev, spec, where, device_id)
@@ -130,7 +158,93 @@ def _devices(devices: list) -> tuple[tuple[Video, ...], tuple[Graphics, ...]]:
         raise FieldError("devices", f"at most {MAX_VIDEO} video devices")
     if len(video) > 1 and any(v.model == VideoModel.NONE for v in video):
         raise FieldError("devices", "video 'none' cannot stand beside other video devices")
-    return tuple(video), tuple(graphics)
+    _check_drives(drives)
+    return tuple(video), tuple(graphics), tuple(d for _, d in drives)
+
+
+def _drive(dev: dict, where: str, device_id: str | None) -> Drive:
+    """One vdsm disk entry: {"type": "disk", "device": "disk"|"cdrom", "path", "format", ...}."""
+    device = dev.get("device", "disk")
+    if device not in ("disk", "cdrom"):
+        raise FieldError(f"{where}.device", f"unknown drive {device!r}: expected disk or cdrom")
+    device = DriveDevice(device)
+    cdrom = device == DriveDevice.CDROM
+
+    path = dev.get("path")
+    if path in (None, "") and cdrom:
+        path = None  # an empty tray
+    else:
+        path = _drive_path(path, f"{where}.path")
+
+    fmt = dev.get("format")
+    if fmt in (None, "") and cdrom:
+        fmt = "raw"
+    if not isinstance(fmt, str) or fmt not in DRIVE_FORMATS:
+        raise FieldError(f"{where}.format", f"unknown format {fmt!r}: expected raw or qcow2")
+    fmt = DRIVE_FORMATS[fmt]
+    if cdrom and fmt != DriveFormat.RAW:
+        raise FieldError(f"{where}.format", "a cdrom is a raw ISO image")
+
+    iface = dev.get("iface")
+    if iface in (None, ""):
+        iface = "ide" if cdrom else "virtio"
+    if iface not in DriveBus.__members__.values():
+        raise FieldError(f"{where}.iface", f"unknown bus {iface!r}: expected virtio, sata or ide")
+    bus = DriveBus(iface)
+    if cdrom and bus == DriveBus.VIRTIO:
+        raise FieldError(f"{where}.iface", "a cdrom sits on sata or ide, not virtio")
+
+    readonly = _bool(dev.get("readonly", False), f"{where}.readonly", default=False) or cdrom
+    order = dev.get("bootOrder")
+    boot_order = None if order in (None, "") else _int(order, f"{where}.bootOrder", *BOOT_ORDER)
+    return Drive(
+        device=device,
+        path=path,
+        format=fmt,
+        bus=bus,
+        readonly=readonly,
+        boot_order=boot_order,
+        device_id=device_id,
+    )
+
+
+def _drive_path(path: Any, field: str) -> str:
+    """An absolute, normalised host path: it reaches the domain XML and QEMU as it is."""
+    if not isinstance(path, str) or not path:
+        raise FieldError(field, "must be the absolute path of an image file")
+    if len(path) > PATH_MAX or any(ord(c) < 32 or c == "\x7f" for c in path):
+        raise FieldError(field, "must be a path without control characters, at most 4096 long")
+    if not path.startswith("/"):
+        raise FieldError(field, f"{path!r} is not an absolute path")
+    if ".." in path.split("/") or posixpath.normpath(path) != path:
+        raise FieldError(field, f"{path!r} is not a normalised path (no '..', '.' or '//')")
+    return path
+
+
+def _check_drives(drives: list[tuple[str, Drive]]) -> None:
+    """Rules across drives: how many, unique boot orders, a writable file used once."""
+    if len(drives) > MAX_DRIVES:
+        raise FieldError("devices", f"at most {MAX_DRIVES} disk devices")
+    if sum(d.bus == DriveBus.IDE for _, d in drives) > IDE_MAX:
+        raise FieldError("devices", f"at most {IDE_MAX} drives on ide")
+    orders: dict[int, str] = {}
+    paths: dict[str, tuple[str, Drive]] = {}
+    for where, d in drives:
+        if d.boot_order is not None:
+            if d.boot_order in orders:
+                raise FieldError(
+                    f"{where}.bootOrder", f"bootOrder {d.boot_order} is already {orders[d.boot_order]}'s"
+                )
+            orders[d.boot_order] = where
+        if d.path is None:
+            continue
+        if d.path in paths:
+            other_where, other = paths[d.path]
+            if not (d.readonly and other.readonly):
+                raise FieldError(
+                    f"{where}.path", f"{other_where} uses the same file: only read-only drives may share one"
+                )
+        paths[d.path] = (where, d)
 
 
 def _device_id(dev: dict, where: str) -> str | None:
@@ -328,9 +442,9 @@ def _int(value: Any, field: str, low: int, high: int) -> int:
     return value
 
 
-def _bool(value: Any, field: str) -> bool:
+def _bool(value: Any, field: str, default: bool = True) -> bool:
     if value is None or value == "":
-        return True
+        return default
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):

@@ -165,3 +165,48 @@ def shows_screen(window_shot: Path, screen: Path, tolerance: float = 0.002) -> b
         same = region.tobytes(), small.tobytes()
         differ = sum(1 for x, y in zip(*same, strict=True) if abs(x - y) > 64)
         return differ / len(same[1]) <= tolerance
+
+
+def vnc_type(port: int, password: str, text: str, *keys: str, host: str = "127.0.0.1") -> int:
+    """vncdotool types `text`, then presses each named key (e.g. "enter").
+
+    QEMU turns a keysym into the key that bears it on the console's keymap but does not
+    press Shift for it ('$' alone arrives as '4'); a real keyboard user, and a real VNC
+    client, hold Shift: --force-caps makes vncdotool do so for upper case and for
+    ~!@#$%^&*()_+{}|:"<>? (shifted on en-us; '$', '(', ')' and '*' are on de too)."""
+    cmd = [VNCDOTOOL, "--force-caps", "-s", f"{host}::{port}", "-p", password, "type", text]
+    for key in keys:
+        cmd += ["key", key]
+    return _run(cmd, 30)
+
+
+def ocr(png: Path) -> str:
+    """tesseract's readings of a VGA text screen (light text on black, 1-pixel strokes).
+
+    Tesseract reads dark text on white best, and the VGA font's thin glyphs (6, 8, 3)
+    best when scaled up smoothly (bicubic from grey: nearest-neighbour blocks make 8
+    read as 6) and then thresholded. Two scalings misread different glyphs, so both
+    readings are returned, one after the other: a check that a text is on the screen
+    passes when one reading has it exactly.
+    """
+    from PIL import ImageOps
+
+    readings = []
+    with Image.open(png) as im:
+        grey = im.convert("L")
+    for scale in (2, 4):
+        big = ImageOps.invert(
+            grey.resize((grey.width * scale, grey.height * scale), Image.Resampling.BICUBIC)
+        )
+        clean = big.point(lambda v: 0 if v < 160 else 255)
+        prepared = png.with_name(f"{png.stem}-ocr{scale}.png")
+        ImageOps.expand(clean, border=20, fill=255).save(prepared)
+        result = subprocess.run(
+            ["tesseract", str(prepared), "stdout", "--psm", "6"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        readings.append(result.stdout.decode(errors="replace"))
+    return "\n".join(readings)

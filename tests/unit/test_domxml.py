@@ -65,7 +65,16 @@ def test_domain_identity_size_and_events():
 
 def test_both_consoles_device_order():
     root = build(params(QXL, SPICE, VNC))
-    assert tags(root) == ["input", "channel", "graphics", "graphics", "video", "memballoon"]
+    assert tags(root) == [
+        "serial",
+        "console",
+        "input",
+        "channel",
+        "graphics",
+        "graphics",
+        "video",
+        "memballoon",
+    ]
 
 
 # --- graphics ---------------------------------------------------------------------------
@@ -459,3 +468,128 @@ def test_ticket_update_of_built_xml_picks_by_type():
     # The document itself is not changed: VNC stays locked.
     vnc = graphics(etree.fromstring(xml.encode()))[0]
     assert (vnc.get("passwd"), vnc.get("passwdValidTo")) == (LOCKED_PASSWORD, LOCKED_VALID_TO)
+
+
+# --- drives, boot order, serial console, SMBIOS -------------------------------------
+
+DISK = {"type": "disk", "device": "disk", "path": "/var/lib/mc/vm1.qcow2", "format": "qcow2"}
+CDROM = {"type": "disk", "device": "cdrom", "path": "/var/cache/mc/tiny.iso", "format": "raw"}
+
+
+def disks(root) -> list[tuple[dict, list]]:
+    return [
+        (dict(d.attrib), [(c.tag, dict(c.attrib), c.text) for c in d]) for d in root.findall("devices/disk")
+    ]
+
+
+def test_disks_with_format_target_boot_order_and_readonly():
+    root = build(
+        params(
+            QXL,
+            VNC,
+            {**DISK, "bootOrder": "2", "deviceId": "0123456789abcdef0123456789"},
+            {**CDROM, "iface": "sata", "bootOrder": "1"},
+            {**DISK, "path": "/img/data.raw", "format": "raw", "iface": "sata", "readonly": "true"},
+        )
+    )
+    assert disks(root) == [
+        (
+            {"type": "file", "device": "disk"},
+            [
+                ("driver", {"name": "qemu", "type": "qcow2"}, None),
+                ("source", {"file": "/var/lib/mc/vm1.qcow2"}, None),
+                ("target", {"dev": "vda", "bus": "virtio"}, None),
+                ("boot", {"order": "2"}, None),
+                ("serial", {}, "0123456789abcdef0123"),
+            ],
+        ),
+        (
+            {"type": "file", "device": "cdrom"},
+            [
+                ("driver", {"name": "qemu", "type": "raw"}, None),
+                ("source", {"file": "/var/cache/mc/tiny.iso"}, None),
+                ("target", {"dev": "sda", "bus": "sata"}, None),
+                ("boot", {"order": "1"}, None),
+                ("readonly", {}, None),
+            ],
+        ),
+        (
+            {"type": "file", "device": "disk"},
+            [
+                ("driver", {"name": "qemu", "type": "raw"}, None),
+                ("source", {"file": "/img/data.raw"}, None),
+                ("target", {"dev": "sdb", "bus": "sata"}, None),
+                ("readonly", {}, None),
+            ],
+        ),
+    ]
+    # Per-device boot orders replace <os><boot> (libvirt refuses both).
+    assert root.findall("os/boot") == []
+    assert tags(root)[:3] == ["disk", "disk", "disk"]
+
+
+def test_empty_cdrom_tray_has_no_source():
+    root = build(params({"type": "disk", "device": "cdrom", "path": ""}))
+    assert [c.tag for c in root.find("devices/disk")] == ["driver", "target", "readonly"]
+
+
+def test_without_boot_orders_the_bios_tries_disk_then_cdrom():
+    assert [b.get("dev") for b in build(params(QXL, VNC)).findall("os/boot")] == ["hd"]
+    root = build(params(DISK, CDROM))
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["hd", "cdrom"]
+
+
+def test_serial_port_and_console_on_a_pty():
+    for root in (build(params(QXL, VNC, DISK)), build(params()), build({"vmId": VM_ID, "display": "vnc"})):
+        serial, console = root.find("devices/serial"), root.find("devices/console")
+        assert dict(serial.attrib) == {"type": "pty"}
+        assert [(c.tag, dict(c.attrib)) for c in serial] == [("target", {"port": "0"})]
+        assert dict(console.attrib) == {"type": "pty"}
+        assert [(c.tag, dict(c.attrib)) for c in console] == [("target", {"type": "serial", "port": "0"})]
+
+
+def test_smbios_names_the_vm_and_its_keymap():
+    root = build(params(QXL, {**VNC, "specParams": {"keyMap": "de"}}, SPICE))
+    assert root.find("os/smbios").attrib == {"mode": "sysinfo"}
+    sysinfo = root.find("sysinfo")
+    assert sysinfo.get("type") == "smbios"
+    assert [(e.get("name"), e.text) for e in sysinfo.findall("system/entry")] == [
+        ("manufacturer", "multiconsole"),
+        ("product", "multiconsole VM"),
+        ("family", "multiconsole"),
+    ]
+    assert [e.text for e in sysinfo.findall("oemStrings/entry")] == [
+        "multiconsole:name=demo",
+        "multiconsole:keymap=de",
+    ]
+
+
+def test_smbios_keymap_from_the_legacy_keyboard_layout_and_absent_without_one():
+    legacy = build({"vmId": VM_ID, "vmName": "old", "display": "qxl", "keyboardLayout": "en-gb"})
+    assert [e.text for e in legacy.findall("sysinfo/oemStrings/entry")] == [
+        "multiconsole:name=old",
+        "multiconsole:keymap=en-gb",
+    ]
+    plain = build(params(QXL, VNC))
+    assert [e.text for e in plain.findall("sysinfo/oemStrings/entry")] == ["multiconsole:name=demo"]
+
+
+def test_libvirt_validates_and_keeps_drives_serial_and_sysinfo():
+    """libvirt's own schema check (VALIDATE) on the test driver, and the XML read back."""
+    import libvirt
+
+    p = params(
+        QXL, {**VNC, "specParams": {"keyMap": "de"}}, {**DISK, "bootOrder": 1}, {**CDROM, "iface": "ide"}
+    )
+    conn = libvirt.open("test:///default")
+    try:
+        xml = domxml.build(parse_vm_params(p), p, HostDisplay(virt_type="test"))
+        dom = conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+        back = etree.fromstring(dom.XMLDesc().encode())
+        assert [d.find("target").get("dev") for d in back.findall("devices/disk")] == ["vda", "hda"]
+        assert back.find("devices/disk/boot").get("order") == "1"
+        assert back.find("devices/serial").get("type") == "pty"
+        assert "multiconsole:keymap=de" in [e.text for e in back.findall("sysinfo/oemStrings/entry")]
+        dom.undefine()
+    finally:
+        conn.close()

@@ -71,6 +71,7 @@ def ticket(gtype: str = "vnc", password: str = "abcd1234", ttl=120, **kw) -> dic
 def test_get_capabilities(rpc):
     caps = rpc.result("Host.getCapabilities")
     assert caps["graphicsDevices"] is True
+    assert caps["diskDevices"] is True
     assert caps["legacyDisplay"] is True
     assert caps["graphicsTypes"] == ["spice", "vnc"]
     assert caps["videoTypes"] == ["qxl", "vga", "cirrus", "bochs", "virtio", "none"]
@@ -378,12 +379,12 @@ def test_params_neither_object_nor_list(rpc, params):
 
 
 def test_invalid_vm_params_name_the_field(rpc, manager):
-    params = {**BOTH, "devices": [*BOTH["devices"], {"type": "disk"}]}
+    params = {**BOTH, "devices": [*BOTH["devices"], {"type": "disk", "format": "raw"}]}
     err = rpc.error("VM.create", {"vmID": VM_ID, "vmParams": params})
     assert err["code"] == -32602
     assert err["data"] == {
-        "field": "devices[3].type",
-        "reason": "unknown device type 'disk': expected video or graphics",
+        "field": "devices[3].path",
+        "reason": "must be the absolute path of an image file",
     }
     assert domains(manager) == []
 

@@ -7,6 +7,10 @@ import copy
 import pytest
 
 from multiconsole.domain.devices import (
+    Drive,
+    DriveBus,
+    DriveDevice,
+    DriveFormat,
     Graphics,
     GraphicsType,
     PciAddress,
@@ -379,7 +383,7 @@ def test_device_must_be_an_object():
     assert "object" in err.reason
 
 
-@pytest.mark.parametrize("dtype", ["disk", None, "Graphics", ["graphics"]])
+@pytest.mark.parametrize("dtype", ["nic", None, "Graphics", ["graphics"]])
 def test_unknown_device_type(dtype):
     err = fails(new_form(QXL, {"type": dtype, "device": "vnc"}))
     assert err.field == "devices[1].type"
@@ -629,3 +633,127 @@ def test_spec_params_must_be_an_object():
 def test_error_text_names_field_and_reason():
     err = fails({"display": "sdl"})
     assert str(err) == "display: unknown value 'sdl': expected one of vnc, qxl, qxlnc"
+
+
+# --- drives (vdsm disk entries) -----------------------------------------------------
+
+DISK = {"type": "disk", "device": "disk", "path": "/var/lib/mc/vm1.qcow2", "format": "qcow2"}
+CDROM = {"type": "disk", "device": "cdrom", "path": "/var/cache/mc/tiny.iso", "format": "raw"}
+
+
+def test_vdsm_disk_and_cdrom_entries_become_drives():
+    got = parse(
+        new_form(
+            QXL,
+            VNC,
+            {**DISK, "iface": "virtio", "bootOrder": "2", "readonly": "False", "deviceId": "d-1"},
+            {**CDROM, "iface": "sata", "bootOrder": "1"},
+        )
+    )
+    assert got.drives == (
+        Drive(
+            device=DriveDevice.DISK,
+            path="/var/lib/mc/vm1.qcow2",
+            format=DriveFormat.QCOW2,
+            bus=DriveBus.VIRTIO,
+            readonly=False,
+            boot_order=2,
+            device_id="d-1",
+        ),
+        Drive(
+            device=DriveDevice.CDROM,
+            path="/var/cache/mc/tiny.iso",
+            format=DriveFormat.RAW,
+            bus=DriveBus.SATA,
+            readonly=True,
+            boot_order=1,
+        ),
+    )
+    assert got.graphics == (Graphics(type=GraphicsType.VNC),)
+
+
+def test_drive_defaults_and_vdsm_names():
+    """vdsm's 'cow' is qcow2; an entry without 'device' is a disk, on virtio; a cdrom is on
+    ide and read-only, and without a path it is an empty tray."""
+    bare = {"type": "disk", "path": "/img/a.qcow2", "format": "cow"}
+    disk, cdrom = parse(new_form(bare, {"type": "disk", "device": "cdrom", "path": ""})).drives
+    assert disk.device == DriveDevice.DISK
+    assert (disk.format, disk.bus, disk.readonly, disk.boot_order) == (
+        DriveFormat.QCOW2,
+        DriveBus.VIRTIO,
+        False,
+        None,
+    )
+    assert (cdrom.path, cdrom.format, cdrom.bus, cdrom.readonly) == (
+        None,
+        DriveFormat.RAW,
+        DriveBus.IDE,
+        True,
+    )
+
+
+def test_legacy_display_keeps_working_beside_drives():
+    got = parse({"vmId": VM_ID, "display": "qxl", "devices": [DISK]})
+    assert [g.type for g in got.graphics] == [GraphicsType.SPICE]
+    assert got.drives[0].path == DISK["path"]
+
+
+def test_without_devices_there_are_no_drives():
+    assert parse({"vmId": VM_ID, "display": "vnc"}).drives == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"path": "vm1.qcow2"}, "path", "not an absolute path"),
+        ({"path": "/var/lib/../../etc/shadow"}, "path", "normalised"),
+        ({"path": "/var/lib//x"}, "path", "normalised"),
+        ({"path": "/var/lib/x\n"}, "path", "control characters"),
+        ({"path": None}, "path", "absolute path"),
+        ({"path": ["/x"]}, "path", "absolute path"),
+        ({"path": "/" + "a" * 5000}, "path", "4096"),
+        ({"format": "vmdk"}, "format", "expected raw or qcow2"),
+        ({"format": None}, "format", "expected raw or qcow2"),
+        ({"device": "floppy"}, "device", "expected disk or cdrom"),
+        ({"iface": "scsi"}, "iface", "expected virtio, sata or ide"),
+        ({"iface": ["virtio"]}, "iface", "expected virtio, sata or ide"),
+        ({"device": {"disk": 1}}, "device", "expected disk or cdrom"),
+        ({"format": ["raw"]}, "format", "expected raw or qcow2"),
+        ({"bootOrder": "first"}, "bootOrder", "not a whole number"),
+        ({"bootOrder": 0}, "bootOrder", "out of range"),
+        ({"readonly": "yes"}, "readonly", "'true' or 'false'"),
+    ],
+)
+def test_bad_disk_entry_names_the_field(change, field, words):
+    err = fails(new_form(QXL, {**DISK, **change}))
+    assert err.field == f"devices[1].{field}"
+    assert words in err.reason
+
+
+def test_cdrom_rules():
+    err = fails(new_form({**CDROM, "format": "qcow2"}))
+    assert (err.field, err.reason) == ("devices[0].format", "a cdrom is a raw ISO image")
+    err = fails(new_form({**CDROM, "iface": "virtio"}))
+    assert err.field == "devices[0].iface"
+    assert "sata or ide" in err.reason
+
+
+def test_boot_orders_are_unique():
+    err = fails(new_form({**DISK, "bootOrder": "1"}, {**CDROM, "bootOrder": 1}))
+    assert err.field == "devices[1].bootOrder"
+    assert "devices[0]" in err.reason
+
+
+def test_a_writable_file_is_used_once():
+    err = fails(new_form(DISK, {**DISK, "readonly": "true"}))
+    assert err.field == "devices[1].path"
+    assert "devices[0]" in err.reason
+    # Two read-only users of one ISO are fine.
+    assert len(parse(new_form(CDROM, {**CDROM, "iface": "sata"})).drives) == 2
+
+
+def test_drive_counts():
+    many = [{**DISK, "path": f"/img/{i}.qcow2"} for i in range(17)]
+    assert fails(new_form(*many)).reason == "at most 16 disk devices"
+    ide = [{**DISK, "path": f"/img/{i}.qcow2", "iface": "ide"} for i in range(5)]
+    assert fails(new_form(*ide)).reason == "at most 4 drives on ide"
