@@ -46,6 +46,9 @@ def agent(
     virt_type: str = typer.Option("auto", help="auto, kvm or qemu (TCG)"),
     display_listen: str = typer.Option("0.0.0.0", help="address the consoles listen on"),
     pki_dir: Path = typer.Option(DEFAULT_PKI, help="agent-cert.pem, agent-key.pem and ca-cert.pem"),
+    storage_dir: Path | None = typer.Option(
+        None, help="the image cache (images/) and VMs' disks (disks/); default the data directory"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
     """Run the host agent: VMs through libvirt, JSON-RPC for the engine (TLS with client
@@ -66,7 +69,11 @@ def agent(
         except TlsSetupError as err:
             typer.echo(f"agent: {err}", err=True)
             raise typer.Exit(2) from None
-    manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen)
+    from multiconsole.agent.images import Storage
+    from multiconsole.paths import data_dir
+
+    storage = Storage(storage_dir or data_dir(create=False))
+    manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen, storage=storage)
     serve(manager, host, port, tls)
 
 

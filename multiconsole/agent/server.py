@@ -20,6 +20,7 @@ from multiconsole.agent.vms import VmManager
 
 log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 15.0
+IMAGE_BUFFER = 1 << 20
 
 
 def make_app(manager: VmManager) -> FastAPI:
@@ -59,11 +60,47 @@ def make_app(manager: VmManager) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    @app.put("/images/{sha256}")
+    async def put_image(sha256: str, request: Request) -> Response:
+        """An image from the engine for the cache: hashed while it is written, kept only if
+        it hashes to `sha256` (the same mutual TLS as /jsonrpc guards it)."""
+        from multiconsole.agent.images import SHA256_RE, HashMismatch, StorageError
+
+        if not SHA256_RE.fullmatch(sha256):
+            return _refused(400, "the name must be a sha256 (64 lower-case hex digits)")
+        try:
+            incoming = await run_in_threadpool(manager.storage.incoming, sha256)
+        except (StorageError, OSError) as err:
+            return _refused(507 if isinstance(err, OSError) else 400, str(err))
+        try:
+            buffer = bytearray()
+            async for chunk in request.stream():
+                buffer += chunk
+                if len(buffer) >= IMAGE_BUFFER:
+                    await run_in_threadpool(incoming.write, bytes(buffer))
+                    buffer.clear()
+            if buffer:
+                await run_in_threadpool(incoming.write, bytes(buffer))
+            await run_in_threadpool(incoming.finish)
+        except HashMismatch as err:
+            return _refused(422, str(err))
+        except OSError as err:
+            incoming.discard()
+            return _refused(507, f"could not store the image: {err.strerror or err}")
+        except BaseException:
+            incoming.discard()
+            raise
+        return JSONResponse({"sha256": sha256, "size": incoming.size}, status_code=201)
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
     return app
+
+
+def _refused(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
 
 
 class TlsSetupError(Exception):

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db, enrollment, https
+from multiconsole.engine import api, auth, browser, consoles, db, enrollment, https, images, images_api
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
@@ -57,6 +57,10 @@ class Settings:
     # mutual TLS when they end within `cert_renew_within_days`.
     cert_renew_interval: float = 12 * 3600
     cert_renew_within_days: int = 30
+    # Uploaded images (engine/images.py): where (default <data dir>/images) and how large
+    # one may be (POST /api/v1/images refuses more while it streams).
+    images_dir: str | None = None
+    image_max_bytes: int = 64 << 30
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,6 +95,14 @@ def _certificate_authority(settings: Settings) -> CertificateAuthority:
     from multiconsole.paths import data_dir
 
     return CertificateAuthority.load_or_create(settings.pki_dir or data_dir() / "pki")
+
+
+def _images_dir(settings: Settings):
+    from pathlib import Path
+
+    from multiconsole.paths import data_dir
+
+    return Path(settings.images_dir) if settings.images_dir else data_dir(create=False) / "images"
 
 
 def _server_tls(settings: Settings, ca: CertificateAuthority) -> https.ServerTls | None:
@@ -171,7 +183,8 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.engine_tls = EngineTls.from_ca(app.state.ca)
     app.state.tls = _server_tls(settings, app.state.ca)
     app.state.login_throttle = login_throttle
-    app.state.agents = Agents(tls=app.state.engine_tls)
+    app.state.image_store = images.ImageStore(_images_dir(settings))
+    app.state.agents = Agents(tls=app.state.engine_tls, image_store=app.state.image_store)
     app.state.monitor = Monitor(
         sessions, interval=settings.monitor_interval, agents=Agents(timeout=5.0, tls=app.state.engine_tls)
     )
@@ -190,6 +203,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_middleware(_ClientAddress)
     app.include_router(api.public)
     app.include_router(api.router)
+    app.include_router(images_api.router)  # /api/v1/images (engine/images_api.py)
     app.include_router(enrollment.admin)
     app.include_router(enrollment.public)
     app.include_router(browser.router)

@@ -53,9 +53,11 @@ class EngineTls:
 class Agents:
     """Clients by (address, port, pinned certificate): plain HTTP, or TLS when pinned."""
 
-    def __init__(self, timeout: float = AGENT_TIMEOUT, tls: EngineTls | None = None):
+    def __init__(self, timeout: float = AGENT_TIMEOUT, tls: EngineTls | None = None, image_store=None):
         self._timeout = timeout
         self.tls = tls
+        # The engine's images (engine/images.py ImageStore), which hosts get before a VM starts.
+        self.image_store = image_store
         self._context: ssl.SSLContext | None = None
         self._clients: dict[tuple[str, str, int], AgentClient] = {}
         self._lock = threading.Lock()

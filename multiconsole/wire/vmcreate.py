@@ -108,6 +108,8 @@ def _devices(devices: list) -> tuple[tuple[Video, ...], tuple[Graphics, ...]]:
         if not isinstance(dev, dict):
             raise FieldError(where, "must be an object")
         dtype = dev.get("type")
+        if dtype == "disk":
+            continue  # drives: their own parser (the guest-image branch builds their XML)
         if dtype not in DEVICE_TYPES:
             raise FieldError(f"{where}.type", f"unknown device type {dtype!r}: expected video or graphics")
         spec = dev.get("specParams", {})
