@@ -15,12 +15,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from multiconsole import streaming
 from multiconsole.agent import api, jsonrpc
 from multiconsole.agent.vms import VmManager
 
 log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 15.0
-IMAGE_BUFFER = 1 << 20
 
 
 def make_app(manager: VmManager) -> FastAPI:
@@ -73,14 +73,7 @@ def make_app(manager: VmManager) -> FastAPI:
         except (StorageError, OSError) as err:
             return _refused(507 if isinstance(err, OSError) else 400, str(err))
         try:
-            buffer = bytearray()
-            async for chunk in request.stream():
-                buffer += chunk
-                if len(buffer) >= IMAGE_BUFFER:
-                    await run_in_threadpool(incoming.write, bytes(buffer))
-                    buffer.clear()
-            if buffer:
-                await run_in_threadpool(incoming.write, bytes(buffer))
+            await streaming.drain(request.stream(), incoming.write)
             await run_in_threadpool(incoming.finish)
         except HashMismatch as err:
             return _refused(422, str(err))

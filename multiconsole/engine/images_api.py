@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from multiconsole import streaming
 from multiconsole.engine import drives, images
 from multiconsole.engine.api import current_user, db, grants
 from multiconsole.engine.auth import ROLE_ADMIN, VM_OPERATOR
@@ -28,7 +29,6 @@ from multiconsole.engine.schemas import ImageOut
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(current_user)])
-WRITE_BUFFER = 1 << 20
 
 
 def may_use_images(g: Grants) -> bool:
@@ -113,14 +113,7 @@ async def upload_image(
     store: images.ImageStore = request.app.state.image_store
     upload = await run_in_threadpool(store.upload, limit)
     try:
-        buffer = bytearray()
-        async for chunk in request.stream():
-            buffer += chunk
-            if len(buffer) >= WRITE_BUFFER:
-                await run_in_threadpool(upload.write, bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await run_in_threadpool(upload.write, bytes(buffer))
+        await streaming.drain(request.stream(), upload.write)
         received = await run_in_threadpool(upload.finish)
         if received.size == 0:
             raise images.ImageRefused("file", "the upload is empty")

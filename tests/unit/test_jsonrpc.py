@@ -25,6 +25,8 @@ METHODS = {
     "VM.screenshot",
     "Host.certificateRequest",
     "Host.installCertificate",
+    "Host.getImages",
+    "VM.removeDisks",
 }
 BOTH = {
     "vmId": VM_ID,
@@ -374,12 +376,12 @@ def test_params_neither_object_nor_list(rpc, params):
 
 
 def test_invalid_vm_params_name_the_field(rpc, manager):
-    params = {**BOTH, "devices": [*BOTH["devices"], {"type": "disk"}]}
+    params = {**BOTH, "devices": [*BOTH["devices"], {"type": "nic"}]}
     err = rpc.error("VM.create", {"vmID": VM_ID, "vmParams": params})
     assert err["code"] == -32602
     assert err["data"] == {
         "field": "devices[3].type",
-        "reason": "unknown device type 'disk': expected video or graphics",
+        "reason": "unknown device type 'nic': expected video or graphics",
     }
     assert domains(manager) == []
 
@@ -618,6 +620,7 @@ def test_schema_has_every_method_with_params_and_result(rpc):
         "102": "the VM is not running",
         "103": "a client is connected to the console",
         "110": "the host cannot make or install that certificate",
+        "120": "the host cannot provide the VM's images or disks",
     }
 
 

@@ -379,7 +379,7 @@ def test_device_must_be_an_object():
     assert "object" in err.reason
 
 
-@pytest.mark.parametrize("dtype", ["disk", None, "Graphics", ["graphics"]])
+@pytest.mark.parametrize("dtype", ["nic", None, "Graphics", ["graphics"]])
 def test_unknown_device_type(dtype):
     err = fails(new_form(QXL, {"type": dtype, "device": "vnc"}))
     assert err.field == "devices[1].type"
