@@ -275,6 +275,9 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(host_app, name="host")
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
+from multiconsole.cli_images import image_app  # noqa: E402
+
+app.add_typer(image_app, name="image")
 cli_console.register(app)
 
 
