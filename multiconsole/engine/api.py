@@ -258,6 +258,10 @@ def patch_cluster(
         c.console_address = fields["console_address"]
     if fields.get("description") is not None:
         c.description = fields["description"]
+    if "shared_dir" in fields:
+        if session.scalar(select(Vm.id).where(Vm.cluster_id == c.id, Vm.disk_host_id.is_not(None)).limit(1)):
+            raise Conflict("shared_dir", "VMs of this cluster keep disks on their hosts: remove them first")
+        c.shared_dir = service.check_shared_dir(fields["shared_dir"])
     return ClusterOut.of(c)
 
 

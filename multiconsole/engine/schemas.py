@@ -32,11 +32,23 @@ class ClusterIn(In):
     arch: Literal["x86_64", "ppc64"] = "x86_64"
     console_address: str | None = Field(None, max_length=255)
     description: str = Field("", max_length=1024)
+    shared_dir: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^/[^\x00]*$",
+        description="a directory every host mounts at this path: VMs' disks live there, any host runs them",
+    )
 
 
 class ClusterPatch(In):
     console_address: str | None = Field(None, max_length=255)
     description: str | None = Field(None, max_length=1024)
+    shared_dir: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^/[^\x00]*$",
+        description="a directory every host mounts at this path: VMs' disks live there, any host runs them",
+    )
 
 
 class ClusterOut(BaseModel):
@@ -46,6 +58,7 @@ class ClusterOut(BaseModel):
     arch: str
     console_address: str | None
     description: str
+    shared_dir: str | None = None
 
     @classmethod
     def of(cls, c: Cluster) -> ClusterOut:
@@ -56,6 +69,7 @@ class ClusterOut(BaseModel):
             arch=c.arch,
             console_address=c.console_address,
             description=c.description,
+            shared_dir=c.shared_dir,
         )
 
 

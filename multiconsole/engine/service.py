@@ -97,6 +97,7 @@ def create_cluster(
     arch: str = "x86_64",
     console_address: str | None = None,
     description: str = "",
+    shared_dir: str | None = None,
 ) -> Cluster:
     check_name(name)
     _unique(session, Cluster, name, "cluster")
@@ -111,6 +112,7 @@ def create_cluster(
         arch=arch,
         console_address=console_address,
         description=description,
+        shared_dir=check_shared_dir(shared_dir),
     )
     session.add(cluster)
     session.flush()
@@ -120,6 +122,15 @@ def create_cluster(
 def _check_address(address: str | None, field: str) -> None:
     if address is not None and not ADDRESS_RE.fullmatch(address):
         raise EngineError(field, f"{address!r} is not a host name or IP address", 422)
+
+
+def check_shared_dir(path: str | None) -> str | None:
+    """An absolute path without '..' (each host's agent makes disks under <path>/disks)."""
+    if path in (None, ""):
+        return None
+    if not path.startswith("/") or ".." in path.split("/") or "\x00" in path:
+        raise EngineError("shared_dir", "must be an absolute path without '..'", 422)
+    return path.rstrip("/") or "/"
 
 
 def get_cluster(session: Session, key: str) -> Cluster:

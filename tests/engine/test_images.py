@@ -279,3 +279,33 @@ def test_drive_refusals(img_api, storage_host, tmp_path):
     error(img_api.post("/api/v1/vms", json={**base, "disks": [{}]}), 422, "disks.0")
     error(img_api.post("/api/v1/vms", json={**base, "disks": [{"image": "nope"}]}), 404, "disks.0.image")
     assert ok(img_api.get("/api/v1/vms")) == []
+
+
+def test_a_shared_directory_keeps_disks_and_frees_the_vm_from_its_host(img_api, storage_host, tmp_path):
+    shared = tmp_path / "shared"
+    ok(img_api.post("/api/v1/clusters", json={"name": "prod", "shared_dir": str(shared)}), 201)
+    ok(
+        img_api.post(
+            "/api/v1/hosts",
+            json={
+                "name": "h1",
+                "address": "127.0.0.1",
+                "port": storage_host.port,
+                "cluster": "prod",
+                "insecure": True,
+            },
+        ),
+        201,
+    )
+    error(img_api.post("/api/v1/clusters", json={"name": "bad", "shared_dir": "rel/dir"}), 422, "shared_dir")
+    ok(upload(img_api, make_qcow2(tmp_path / "d.qcow2"), "disk"), 201)
+    vm = ok(
+        img_api.post("/api/v1/vms", json={"name": "s1", "cluster": "prod", "disks": [{"image": "disk"}]}), 201
+    )
+    vm = ok(img_api.post("/api/v1/vms/s1/start"))
+    assert vm["pinned_to_host"] is None  # any host of the cluster may run it
+    overlay = shared / "disks" / vm["id"] / f"{vm['drives']['disks'][0]['id']}.qcow2"
+    assert overlay.exists()
+    ok(img_api.post("/api/v1/vms/s1/stop"))
+    assert img_api.delete("/api/v1/vms/s1").status_code == 204
+    assert not overlay.exists()
