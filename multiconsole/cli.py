@@ -47,7 +47,7 @@ def agent(
     display_listen: str = typer.Option("0.0.0.0", help="address the consoles listen on"),
     pki_dir: Path = typer.Option(DEFAULT_PKI, help="agent-cert.pem, agent-key.pem and ca-cert.pem"),
     storage_dir: Path | None = typer.Option(
-        None, help="the image cache (images/) and VMs' disks (disks/); default the data directory"
+        None, help="the image cache (images/) and VMs' disks (disks/); default <data dir>/host"
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
@@ -72,7 +72,9 @@ def agent(
     from multiconsole.agent.images import Storage
     from multiconsole.paths import data_dir
 
-    storage = Storage(storage_dir or data_dir(create=False))
+    storage = Storage(
+        storage_dir or data_dir(create=False) / "host", own_parents_below=data_dir(create=False)
+    )
     manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen, storage=storage)
     serve(manager, host, port, tls)
 

@@ -7,8 +7,12 @@ each VM's own disks (copy-on-write overlays of a cached image, or empty disks).
 
 QEMU runs as libvirt-qemu:kvm: directories are root:kvm 0750, cached images root:kvm 0640
 (read-only to QEMU), a VM's disks root:kvm 0660; nothing else on the host is readable to it
-through here. libvirt (dynamic_ownership) may still relabel a running VM's files and gives
-them back when it stops.
+through here; the directories above (the agent's data directory, often 0700) let it pass
+(group kvm, g+x: through, not list). libvirt (dynamic_ownership) still relabels a running
+VM's files to libvirt-qemu and gives them back when it stops.
+
+The root is <data dir>/host by default: beside, not inside, the engine's own <data dir>/images
+when both run on one machine.
 """
 
 from __future__ import annotations
@@ -117,8 +121,11 @@ class Incoming:
 
 
 class Storage:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, own_parents_below: Path | None = None):
+        """`own_parents_below`: the agent's data directory; directories from there down to
+        `root` are the agent's own, and it lets QEMU through them (see `reachable`)."""
         self.root = Path(root)
+        self.own_parents_below = Path(own_parents_below) if own_parents_below else None
         self.images = self.root / "images"
         self.disks = self.root / "disks"
         # Files whose hash was checked, by (size, mtime, inode): a change means a new check.
@@ -134,6 +141,37 @@ class Storage:
         self._dir(self.root)
         self._dir(self.images)
         self._dir(self.disks)
+        self.reachable()
+
+    def reachable(self) -> list[str]:
+        """QEMU (libvirt-qemu, in the group kvm) must walk down to the files: every directory
+        above them must let it through. The agent's own (its data directory, often 0700
+        root) get the group kvm and g+x: through, not list; others it only names. Returns
+        the directories QEMU cannot pass."""
+        gid = _qemu_gid()
+        if gid is None or os.geteuid() != 0:
+            return []
+        blocked = []
+        for d in [*reversed(self.root.parents), self.root]:
+            st = d.stat()
+            if st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010):
+                continue
+            own = self.own_parents_below is not None and (
+                d == self.own_parents_below or self.own_parents_below in d.parents
+            )
+            if own and st.st_uid == 0:
+                os.chown(d, 0, gid)
+                os.chmod(d, (st.st_mode & 0o7777) | 0o010)
+                log.info("let QEMU through %s (group kvm, g+x)", d)
+                continue
+            blocked.append(str(d))
+        if blocked:
+            log.warning(
+                "QEMU (libvirt-qemu:kvm) cannot pass %s: VMs cannot use images under %s",
+                ", ".join(blocked),
+                self.root,
+            )
+        return blocked
 
     # --- the cache -------------------------------------------------------------------
 
@@ -193,6 +231,7 @@ class Storage:
             isinstance(d, dict) and d.get("type") == "disk" for d in devices
         ):
             return params
+        self.ensure()
         filled = []
         for dev in devices:
             if isinstance(dev, dict) and dev.get("type") == "disk":

@@ -108,7 +108,7 @@ class VmManager:
         if storage is None:
             from multiconsole.paths import data_dir
 
-            storage = Storage(data_dir(create=False))
+            storage = Storage(data_dir(create=False) / "host", own_parents_below=data_dir(create=False))
         self.storage = storage
         self._create_lock = threading.Lock()
         # vmId -> {port: console type}, so graphics events can name the console.
