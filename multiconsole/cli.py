@@ -168,6 +168,7 @@ def engine(
     pki_dir: Path = typer.Option(
         None, help="the engine's CA and client certificate (made on first start); default <data dir>/pki"
     ),
+    image_max_gib: int = typer.Option(64, help="the largest image an upload may bring (GiB)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
     """Run the engine: REST API and web UI over HTTPS (--insecure: HTTP) on SQLite or PostgreSQL,
@@ -206,6 +207,7 @@ def engine(
                 tls_cert=str(tls_cert) if tls_cert else None,
                 tls_key=str(tls_key) if tls_key else None,
                 tls_names=https.default_names(host, [*(tls_name or []), *origin_names]),
+                image_max_bytes=image_max_gib << 30,
             )
         )
     except https.HttpsSetupError as err:
