@@ -48,6 +48,16 @@ class TooLarge(EngineError):
     status = 413
 
 
+class StoreFull(EngineError):
+    """The engine's disk cannot take the image now (full, or failing): 503, try later."""
+
+    status = 503
+
+    def __init__(self, err: OSError):
+        super().__init__("file", f"the engine could not store the image: {err.strerror or err}")
+        self.headers = {"Retry-After": "60"}
+
+
 # --- pure rules ------------------------------------------------------------------------
 
 

@@ -146,6 +146,10 @@ async def upload_image(
     except ClientDisconnect:
         upload.discard()
         raise EngineError("file", "the upload was cut short", 400) from None
+    except OSError as err:  # the disk is full or failing: nothing kept, try again later
+        upload.discard()
+        log.warning("image upload failed name=%s: %s", name, err.strerror or err)
+        raise images.StoreFull(err) from None
     except BaseException:
         upload.discard()
         raise

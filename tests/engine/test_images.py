@@ -309,3 +309,26 @@ def test_a_shared_directory_keeps_disks_and_frees_the_vm_from_its_host(img_api, 
     ok(img_api.post("/api/v1/vms/s1/stop"))
     assert img_api.delete("/api/v1/vms/s1").status_code == 204
     assert not overlay.exists()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 2 MiB filesystem (tmpfs) for the engine's images: it fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_a_503_and_keeps_nothing(sqlite_url, small_fs, tmp_path):
+    images_dir = small_fs / "images"
+    data = tmp_path / "big.raw"
+    data.write_bytes(bytes(range(256)) * (16 << 12))  # 16 MiB, no zeros to skip
+    with engine_client(sqlite_url, images_dir=str(images_dir)) as api:
+        reply = api.post("/api/v1/images", params={"name": "big"}, content=data.read_bytes())
+        body = error(reply, 503, "file")
+        assert "could not store the image" in body["reason"] and reply.headers["Retry-After"]
+        assert stored(images_dir) == []
+        # Room again: the next upload works.
+        ok(upload(api, make_iso(tmp_path / "x.iso"), "small"), 201)
