@@ -75,6 +75,14 @@ def from_fields(session: Session, fields: dict[str, Any], base: dict | None, fre
                 if not isinstance(size, int) or not 0 < size <= DISK_GIB_MAX:
                     raise EngineError(f"{where}.size_gib", f"must be 1..{DISK_GIB_MAX}", 422)
                 disk["size_gib"] = size
+            # The same disk in the same place stays the same disk (its overlay, what it holds).
+            old = (base or {}).get("disks", [])
+            if (
+                i < len(old)
+                and old[i].get("id")
+                and all(old[i].get(k) == disk[k] for k in ("image", "size_gib"))
+            ):
+                disk["id"] = old[i]["id"]
             disks.append(disk)
         drives["disks"] = disks
     if fields.get("boot") is not None:

@@ -243,6 +243,10 @@ def test_vm_drives_reach_the_host_and_its_disk_stays_there(img_api, storage_host
     )
     assert read.returncode == 0 and "Pattern verification failed" not in read.stdout, read.stdout
     ok(img_api.post("/api/v1/vms/d1/stop"))
+    # Naming the same disks again keeps them (and what they hold); a new one is a new disk.
+    same = ok(img_api.patch("/api/v1/vms/d1", json={"disks": [{"image": "disk"}, {"size_gib": 2}]}))
+    assert same["drives"]["disks"][0]["id"] == vm["drives"]["disks"][0]["id"]
+    assert same["drives"]["disks"][1]["id"] != vm["drives"]["disks"][1]["id"]
 
     # Removing the VM removes its own disks on the host, never the cached images.
     assert img_api.delete("/api/v1/vms/d1").status_code == 204
