@@ -28,14 +28,14 @@ def die_with_parent() -> None:
 class AgentProcess:
     """One agent process; started at once, `ready()` says when it answers /health."""
 
-    def __init__(self, uri: str, port: int, log_path: Path, virt_type: str | None = None):
+    def __init__(self, uri: str, port: int, log_path: Path, virt_type: str | None = None, extra: tuple = ()):
         self.port, self.log_path = port, log_path
         self.url = f"http://127.0.0.1:{port}"
         self._log = log_path.open("wb")
         args = ["agent", "--insecure", "--libvirt-uri", uri, "--listen", f"127.0.0.1:{port}"]
         if virt_type:
             args += ["--virt-type", virt_type]
-        args += ["--display-listen", "127.0.0.1"]
+        args += ["--display-listen", "127.0.0.1", *map(str, extra)]
         self.t_start = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "multiconsole.cli", *args],

@@ -46,6 +46,9 @@ def agent(
     virt_type: str = typer.Option("auto", help="auto, kvm or qemu (TCG)"),
     display_listen: str = typer.Option("0.0.0.0", help="address the consoles listen on"),
     pki_dir: Path = typer.Option(DEFAULT_PKI, help="agent-cert.pem, agent-key.pem and ca-cert.pem"),
+    storage_dir: Path | None = typer.Option(
+        None, help="the image cache (images/) and VMs' disks (disks/); default <data dir>/host"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
     """Run the host agent: VMs through libvirt, JSON-RPC for the engine (TLS with client
@@ -66,7 +69,13 @@ def agent(
         except TlsSetupError as err:
             typer.echo(f"agent: {err}", err=True)
             raise typer.Exit(2) from None
-    manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen)
+    from multiconsole.agent.images import Storage
+    from multiconsole.paths import data_dir
+
+    storage = Storage(
+        storage_dir or data_dir(create=False) / "host", own_parents_below=data_dir(create=False)
+    )
+    manager = VmManager(libvirt_uri, virt_type=virt_type, listen_address=display_listen, storage=storage)
     serve(manager, host, port, tls)
 
 
@@ -159,6 +168,7 @@ def engine(
     pki_dir: Path = typer.Option(
         None, help="the engine's CA and client certificate (made on first start); default <data dir>/pki"
     ),
+    image_max_gib: int = typer.Option(64, help="the largest image an upload may bring (GiB)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every action"),
 ) -> None:
     """Run the engine: REST API and web UI over HTTPS (--insecure: HTTP) on SQLite or PostgreSQL,
@@ -197,6 +207,7 @@ def engine(
                 tls_cert=str(tls_cert) if tls_cert else None,
                 tls_key=str(tls_key) if tls_key else None,
                 tls_names=https.default_names(host, [*(tls_name or []), *origin_names]),
+                image_max_bytes=image_max_gib << 30,
             )
         )
     except https.HttpsSetupError as err:
@@ -268,6 +279,9 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(host_app, name="host")
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
+from multiconsole.cli_images import image_app  # noqa: E402
+
+app.add_typer(image_app, name="image")
 cli_console.register(app)
 
 

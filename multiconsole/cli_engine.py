@@ -222,6 +222,45 @@ VM_OPTIONS = [
         help="let another user take over an open console",
     ),
 ]
+_DRIVES = "Boot media"
+VM_OPTIONS += [
+    _option(
+        "cdrom",
+        str | None,
+        None,
+        "--cdrom",
+        metavar="IMAGE",
+        rich_help_panel=_DRIVES,
+        help="an ISO image in the CD-ROM ('' for none)",
+    ),
+    _option(
+        "disk",
+        list[str] | None,
+        None,
+        "--disk",
+        metavar="IMAGE",
+        rich_help_panel=_DRIVES,
+        help="a disk: a copy-on-write overlay of this image (repeatable)",
+    ),
+    _option(
+        "disk_size",
+        list[int] | None,
+        None,
+        "--disk-size",
+        metavar="GiB",
+        rich_help_panel=_DRIVES,
+        help="an empty disk of this size (repeatable; after the --disk ones)",
+    ),
+    _option(
+        "boot",
+        str | None,
+        None,
+        "--boot",
+        metavar="ORDER",
+        rich_help_panel=_DRIVES,
+        help="boot order, e.g. disk,cdrom",
+    ),
+]
 API_FIELDS = {
     "os": "os_type",
     "memory": "memory_mib",
@@ -236,6 +275,13 @@ def _fields(options: dict[str, Any]) -> dict[str, Any]:
     if consoles and headless:
         usage_error("--console and --no-console exclude each other")
     fields: dict[str, Any] = {}
+    disks = [{"image": i} for i in options.pop("disk") or []]
+    disks += [{"size_gib": s} for s in options.pop("disk_size") or []]
+    if disks:
+        fields["disks"] = disks
+    boot = options.pop("boot")
+    if boot is not None:
+        fields["boot"] = [b.strip() for b in boot.split(",") if b.strip()]
     if headless:
         fields["consoles"] = []
     elif consoles:
@@ -588,6 +634,21 @@ def _next_run_changes(vm: dict) -> list[str]:
     return out
 
 
+def _drive_rows(drives: dict | None) -> list[tuple[str, Any]]:
+    if not drives:
+        return []
+    cdrom = drives.get("cdrom")
+    disks = [
+        f"overlay of {d['image']['name']}" if d.get("image") else f"empty, {d.get('size_gib')} GiB"
+        for d in drives.get("disks", [])
+    ]
+    return [
+        ("CD-ROM", cdrom["name"] if cdrom else None),
+        ("disks", "; ".join(disks) or None),
+        ("boot", ", ".join(drives.get("boot", [])) or None),
+    ]
+
+
 def _vm_details(run: Run, vm: dict) -> None:
     status = vm["status"] + (f" ({vm['status_reason']})" if vm.get("status_reason") else "")
     rows: list[tuple[str, Any]] = [
@@ -601,6 +662,8 @@ def _vm_details(run: Run, vm: dict) -> None:
         ("memory (MiB)", vm["memory_mib"]),
         ("CPUs", vm["vcpus"]),
         *_display_rows(vm["display"]),
+        *_drive_rows(vm.get("drives")),
+        ("pinned to host", vm.get("pinned_to_host")),
     ]
     _details(run, rows)
     if vm.get("consoles"):
@@ -766,6 +829,7 @@ def _template_details(run: Run, t: dict) -> None:
             ("memory (MiB)", t["memory_mib"]),
             ("CPUs", t["vcpus"]),
             *_display_rows(t["display"]),
+            *_drive_rows(t.get("drives")),
             ("description", t.get("description")),
         ],
     )

@@ -21,6 +21,7 @@ import json
 import os
 import ssl
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,15 +284,23 @@ class EngineClient:
             return None
         return httpx.BasicAuth(self.user, self.password)
 
-    def request(self, method: str, api_path: str, body: Any = None, timeout: float | None = None) -> Any:
-        """The engine's JSON answer (None for 204 No Content); `timeout` for slow calls (typing)."""
+    def request(
+        self, method: str, api_path: str, body: Any = None, timeout: float | None = None, **raw: Any
+    ) -> Any:
+        """The engine's JSON answer (None for 204 No Content); `timeout` for slow calls (typing).
+        `raw`: httpx options for a body that is not JSON (content=, params=, headers=, timeout=)."""
         try:
-            r = self._http.request(
-                method,
-                self.url + API_PREFIX + api_path,
-                json=body,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-            )
+            if raw:
+                if timeout is not None:
+                    raw["timeout"] = timeout
+                r = self._http.request(method, self.url + API_PREFIX + api_path, **raw)
+            else:
+                r = self._http.request(
+                    method,
+                    self.url + API_PREFIX + api_path,
+                    json=body,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                )
         except httpx.InvalidURL as err:
             raise EngineUnreachable(self.url, f"not a valid URL ({err})") from None
         except httpx.TimeoutException:
@@ -346,6 +355,31 @@ class EngineClient:
 
     def get(self, api_path: str) -> Any:
         return self.request("GET", api_path)
+
+    def upload_image(
+        self,
+        file: Path,
+        name: str,
+        fmt: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        chunk: int = 1 << 20,
+    ) -> Any:
+        """POST /images with the file as the body, streamed (`progress(bytes)` after each chunk)."""
+        size = file.stat().st_size
+
+        def body() -> Iterator[bytes]:
+            with file.open("rb") as f:
+                while data := f.read(chunk):
+                    yield data
+                    if progress is not None:
+                        progress(len(data))
+
+        params = {"name": name, **({"format": fmt} if fmt else {})}
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        timeout = httpx.Timeout(TIMEOUT, read=max(TIMEOUT, 600.0))
+        return self.request(
+            "POST", "/images", content=body(), params=params, headers=headers, timeout=timeout
+        )
 
     def post(self, api_path: str, body: Any = None, timeout: float | None = None) -> Any:
         return self.request("POST", api_path, body, timeout)

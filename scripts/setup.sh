@@ -9,7 +9,7 @@ VENV=${VENV:-.venv}
 STAMP=.venv/.setup-stamp
 
 APT_PACKAGES=(
-  libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config gcc
+  libvirt-daemon-system qemu-system-x86 qemu-utils libvirt-dev pkg-config gcc
   python3-venv python3-dev
   spice-client-gtk virt-viewer xvfb xauth imagemagick x11-utils
   postgresql chromium

@@ -203,6 +203,22 @@ class InstalledCertificate(BaseModel):
     spiceSubject: str | None
 
 
+class GetImagesParams(Params):
+    sha256s: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(max_length=64)
+
+
+class Images(BaseModel):
+    present: list[str] = Field(description="the images the cache holds, their sha256 checked")
+
+
+class RemoveDisksParams(VmIdParams):
+    diskDir: str | None = Field(None, max_length=1024, description="the cluster's shared directory")
+
+
+class RemovedDisks(BaseModel):
+    removed: list[str]
+
+
 class Screenshot(BaseModel):
     png: str = Field(description="the screen as a PNG, base64-encoded")
     width: int = Field(description="pixels, after any scaling down")
@@ -316,6 +332,21 @@ METHODS: dict[str, Method] = {
         lambda vm, p: vm.send_keys(p.vmID, p.text, p.keys, p.keyMap, p.check),
     ),
 }
+
+
+METHODS["Host.getImages"] = Method(
+    GetImagesParams,
+    Images,
+    "Which of these images (by sha256) the cache holds intact; a corrupt one is removed. "
+    "The engine sends missing ones with PUT /images/<sha256>.",
+    lambda vm, p: vm.images(p.sha256s),
+)
+METHODS["VM.removeDisks"] = Method(
+    RemoveDisksParams,
+    RemovedDisks,
+    "Remove a stopped VM's own disks (its overlays), when the engine removes the VM.",
+    lambda vm, p: vm.remove_disks(p.vmID, p.diskDir),
+)
 
 
 def schema() -> dict:

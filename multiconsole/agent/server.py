@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from multiconsole import streaming
 from multiconsole.agent import api, jsonrpc
 from multiconsole.agent.vms import VmManager
 
@@ -66,6 +67,31 @@ def make_app(manager: VmManager) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    @app.put("/images/{sha256}")
+    async def put_image(sha256: str, request: Request) -> Response:
+        """An image from the engine for the cache: hashed while it is written, kept only if
+        it hashes to `sha256` (the same mutual TLS as /jsonrpc guards it)."""
+        from multiconsole.agent.images import SHA256_RE, HashMismatch, StorageError
+
+        if not SHA256_RE.fullmatch(sha256):
+            return _refused(400, "the name must be a sha256 (64 lower-case hex digits)")
+        try:
+            incoming = await run_in_threadpool(manager.storage.incoming, sha256)
+        except (StorageError, OSError) as err:
+            return _refused(507 if isinstance(err, OSError) else 400, str(err))
+        try:
+            await streaming.drain(request.stream(), incoming.write)
+            await run_in_threadpool(incoming.finish)
+        except HashMismatch as err:
+            return _refused(422, str(err))
+        except OSError as err:
+            incoming.discard()
+            return _refused(507, f"could not store the image: {err.strerror or err}")
+        except BaseException:
+            incoming.discard()
+            raise
+        return JSONResponse({"sha256": sha256, "size": incoming.size}, status_code=201)
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
@@ -75,6 +101,10 @@ def make_app(manager: VmManager) -> FastAPI:
 
 def _sse(event: dict) -> str:
     return f"id: {event['id']}\nevent: {event['event']}\ndata: {json.dumps(event)}\n\n"
+
+
+def _refused(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
 
 
 class TlsSetupError(Exception):

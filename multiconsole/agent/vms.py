@@ -21,6 +21,7 @@ from lxml import etree
 
 from multiconsole.agent import certs, domxml
 from multiconsole.agent.events import EventHub
+from multiconsole.agent.images import Storage, StorageError
 from multiconsole.agent.keyboard import MAX_CHECK, MAX_TEXT, KeyboardError, Keyboards, SendFailed
 from multiconsole.agent.libvirtconn import Connection
 from multiconsole.agent.screenshot import MAX_BYTES as SCREENSHOT_MAX_BYTES
@@ -132,8 +133,15 @@ class VmManager:
         virt_type: str = "auto",
         listen_address: str = "0.0.0.0",
         events: EventHub | None = None,
+        storage: Storage | None = None,
     ):
         self.events = events or EventHub()
+        # The image cache and VMs' disks (agent/images.py).
+        if storage is None:
+            from multiconsole.paths import data_dir
+
+            storage = Storage(data_dir(create=False) / "host", own_parents_below=data_dir(create=False))
+        self.storage = storage
         self._create_lock = threading.Lock()
         # vmId -> {port: console type}, so graphics events can name the console.
         self._ports: dict[str, dict[int, str]] = {}
@@ -268,6 +276,11 @@ class VmManager:
 
     def create(self, vm_id: str, params: dict) -> dict:
         try:
+            # Drives get their paths here: the image cache, the VM's own disks (made if missing).
+            params = self.storage.prepare(vm_id, params)
+        except StorageError as err:
+            raise AgentError(ErrorCode.STORAGE_FAILURE, str(err)) from None
+        try:
             spec = parse_vm_params(params, vm_id)
         except FieldError as err:
             raise _field_error(err) from None
@@ -325,6 +338,26 @@ class VmManager:
         self.events.forget(vm_id)
         log.info("vm destroyed vm_id=%s", vm_id)
         return {}
+
+    def images(self, sha256s: list[str]) -> dict:
+        """Which of these images the cache holds intact (a changed file is hashed again)."""
+        try:
+            return {"present": self.storage.present(sha256s)}
+        except (StorageError, OSError) as err:
+            raise AgentError(ErrorCode.STORAGE_FAILURE, str(err)) from None
+
+    def remove_disks(self, vm_id: str, disk_dir: str | None = None) -> dict:
+        """Remove a VM's own disks: refused while this host runs the VM."""
+        try:
+            dom = self.conn.get().lookupByUUIDString(vm_id)
+        except libvirt.libvirtError:
+            dom = None
+        if dom is not None and self._active(dom):
+            raise AgentError(ErrorCode.STORAGE_FAILURE, f"VM {vm_id} is running: stop it first")
+        try:
+            return {"removed": self.storage.remove_disks(vm_id, disk_dir)}
+        except (StorageError, OSError) as err:
+            raise AgentError(ErrorCode.STORAGE_FAILURE, str(err)) from None
 
     def _stats(self, dom: libvirt.virDomain, xml: str) -> dict:
         vm_id = dom.UUIDString()

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from multiconsole.domain.display import OS_TYPES, DisplayConfig, violations
-from multiconsole.engine import auth, consoles, permissions, service
+from multiconsole.engine import auth, consoles, drives, permissions, service
 from multiconsole.engine.auth import CONSOLE_USER, VM_OPERATOR
 from multiconsole.engine.db import Cluster, Host, LoginToken, Permission, Template, User, Vm, release
 from multiconsole.engine.errors import Conflict, EngineError, NotFound
@@ -35,6 +35,7 @@ from multiconsole.engine.schemas import (
     ClusterPatch,
     ConfiguredConsole,
     ConsoleState,
+    DrivesOut,
     HostIn,
     HostOut,
     KeysIn,
@@ -171,6 +172,9 @@ def _fields(model) -> dict:
 def _vm_out(session: Session, vm: Vm, g: Grants) -> VmOut:
     template = session.get(Template, vm.template_id) if vm.template_id else None
     out = VmOut.of(vm, template.name if template else None)
+    out.drives = DrivesOut(**drives.describe(session, vm.drives))
+    pinned = service.pinned_host(session, vm)
+    out.pinned_to_host = pinned.name if pinned else None
     if CONSOLE_USER not in g.on_vm(vm):
         out.consoles = []  # where consoles listen is for those who may open them
     return out
@@ -178,7 +182,9 @@ def _vm_out(session: Session, vm: Vm, g: Grants) -> VmOut:
 
 def _template_out(session: Session, t: Template) -> TemplateOut:
     cluster = session.get(Cluster, t.cluster_id) if t.cluster_id else None
-    return TemplateOut.of(t, cluster.name if cluster else None)
+    out = TemplateOut.of(t, cluster.name if cluster else None)
+    out.drives = DrivesOut(**drives.describe(session, t.drives))
+    return out
 
 
 # --- login ---------------------------------------------------------------------------
@@ -270,6 +276,10 @@ def patch_cluster(
         c.console_address = fields["console_address"]
     if fields.get("description") is not None:
         c.description = fields["description"]
+    if "shared_dir" in fields:
+        if session.scalar(select(Vm.id).where(Vm.cluster_id == c.id, Vm.disk_host_id.is_not(None)).limit(1)):
+            raise Conflict("shared_dir", "VMs of this cluster keep disks on their hosts: remove them first")
+        c.shared_dir = service.check_shared_dir(fields["shared_dir"])
     return ClusterOut.of(c)
 
 
@@ -418,9 +428,12 @@ def patch_vm(
 
 
 @router.delete("/vms/{key}", status_code=204)
-def delete_vm(key: str, session: Session = Depends(db, scope="function"), g: Grants = Depends(grants)):
+def delete_vm(
+    key: str, request: Request, session: Session = Depends(db, scope="function"), g: Grants = Depends(grants)
+):
+    """Remove a stopped VM with its own disks."""
     vm = require_vm(session, g, key, VM_OPERATOR, "remove")
-    service.delete_vm(session, vm.id)
+    service.delete_vm(session, vm.id, request.app.state.agents)
     permissions.forget(session, "vm", vm.id)
 
 

@@ -14,7 +14,18 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db, dbfaults, enrollment, https
+from multiconsole.engine import (
+    api,
+    auth,
+    browser,
+    consoles,
+    db,
+    dbfaults,
+    enrollment,
+    https,
+    images,
+    images_api,
+)
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import HOST_CALLS, Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
@@ -64,6 +75,10 @@ class Settings:
     # mutual TLS when they end within `cert_renew_within_days`.
     cert_renew_interval: float = 12 * 3600
     cert_renew_within_days: int = 30
+    # Uploaded images (engine/images.py): where (default <data dir>/images) and how large
+    # one may be (POST /api/v1/images refuses more while it streams).
+    images_dir: str | None = None
+    image_max_bytes: int = 64 << 30
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,6 +123,14 @@ def _certificate_authority(settings: Settings) -> CertificateAuthority:
     from multiconsole.paths import data_dir
 
     return CertificateAuthority.load_or_create(settings.pki_dir or data_dir() / "pki")
+
+
+def _images_dir(settings: Settings):
+    from pathlib import Path
+
+    from multiconsole.paths import data_dir
+
+    return Path(settings.images_dir) if settings.images_dir else data_dir(create=False) / "images"
 
 
 def _server_tls(settings: Settings, ca: CertificateAuthority) -> https.ServerTls | None:
@@ -189,7 +212,10 @@ def make_app(settings: Settings) -> FastAPI:
     app.state.engine_tls = EngineTls.from_ca(app.state.ca)
     app.state.tls = _server_tls(settings, app.state.ca)
     app.state.login_throttle = login_throttle
-    app.state.agents = Agents(tls=app.state.engine_tls, per_host=HOST_CALLS)
+    app.state.image_store = images.ImageStore(_images_dir(settings))
+    app.state.agents = Agents(
+        tls=app.state.engine_tls, per_host=HOST_CALLS, image_store=app.state.image_store
+    )
     # The monitor has its own connections: requests that fill their pool cannot stall it.
     monitor_engine = db.make_engine(settings.db_url, pool_size=db.MONITOR_POOL_SIZE, max_overflow=0)
     monitor_sessions = db.sessions(monitor_engine)
@@ -218,6 +244,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_middleware(_ClientAddress)
     app.include_router(api.public)
     app.include_router(api.router)
+    app.include_router(images_api.router)  # /api/v1/images (engine/images_api.py)
     app.include_router(enrollment.admin)
     app.include_router(enrollment.public)
     app.include_router(browser.router)

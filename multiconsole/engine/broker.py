@@ -20,6 +20,8 @@ from multiconsole.engine.errors import HostNotResponding
 from multiconsole.pki import fingerprint_der, same_fingerprint
 
 EVENTS_TIMEOUT = httpx.Timeout(5.0, read=60.0)
+# An image upload: each write may wait (a busy disk), the answer comes after the agent hashed it.
+IMAGE_TIMEOUT = httpx.Timeout(30.0, read=600.0)
 
 
 class AgentCallError(Exception):
@@ -112,6 +114,30 @@ class AgentClient:
         ) as reply:
             reply.raise_for_status()
             yield reply
+
+    def put_image(self, sha256: str, path: str, size: int, chunk: int = 1 << 20) -> None:
+        """Stream an image file to the agent's cache (PUT /images/<sha256>), on this client's
+        connection: the same mutual TLS and pinned certificate as JSON-RPC. The agent keeps
+        it only if what arrived hashes to `sha256`."""
+
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while data := f.read(chunk):
+                    yield data
+
+        reply = self._http.put(
+            f"{self.url}/images/{sha256}",
+            content=body(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            timeout=IMAGE_TIMEOUT,
+            extensions=self._extensions,
+        )
+        if reply.status_code >= 400:
+            try:
+                reason = reply.json().get("error", {}).get("message", reply.text)
+            except ValueError:
+                reason = reply.text
+            raise AgentCallError("PUT /images", reply.status_code, str(reason)[:300])
 
     def close(self) -> None:
         self._http.close()

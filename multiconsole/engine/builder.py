@@ -45,6 +45,45 @@ def _graphics_spec(d: DisplayConfig, g: GraphicsType) -> dict:
     return spec
 
 
+def drive_devices(
+    drives: dict | None, images: dict[str, tuple[str, str]], disk_dir: str | None = None
+) -> list[dict]:
+    """vdsm-style `disk` devices for a VM's drives. `images`: image id -> (sha256, format).
+
+    The host fills in each `path`: a CD-ROM's from its cache of `imageID` (a sha256); a
+    disk's is the VM's own overlay `volumeID` of `imageID` (or an empty disk of `size`
+    GiB), under `diskDir` when the cluster shares one, else on the host."""
+    if not drives:
+        return []
+    boot = list(drives.get("boot") or [])
+    order = iter(range(1, 100))
+    devices = []
+    if drives.get("cdrom"):
+        sha, _fmt = images[drives["cdrom"]]
+        dev = {"type": "disk", "device": "cdrom", "iface": "sata", "format": "raw", "readonly": "true"}
+        dev.update(imageID=sha, path="")
+        devices.append(dev)
+    for d in drives.get("disks", []):
+        dev = {"type": "disk", "device": "disk", "iface": "virtio", "format": "qcow2", "path": ""}
+        dev.update(volumeID=d["id"], deviceId=d["id"])
+        if d.get("image"):
+            sha, fmt = images[d["image"]]
+            dev.update(imageID=sha, baseFormat="raw" if fmt == "iso" else fmt)
+        else:
+            dev["size"] = str(d["size_gib"])
+        if disk_dir:
+            dev["diskDir"] = disk_dir
+        devices.append(dev)
+    # bootOrder as vdsm sends it: the CD-ROM, then the disks, in the order asked for.
+    for kind in boot:
+        for dev in devices:
+            if dev["device"] == kind:
+                dev["bootOrder"] = str(next(order))
+                if kind == "disk":
+                    break  # the first disk boots; BIOSes try the others on their own
+    return devices
+
+
 def vm_create(
     *,
     vm_id: str,
@@ -53,9 +92,10 @@ def vm_create(
     vcpus: int,
     display: DisplayConfig,
     cluster_level: str,
+    drives: list[dict] | None = None,
 ) -> dict:
     params: dict = {"vmId": vm_id, "vmName": name, "memSize": memory_mib, "smp": str(vcpus)}
-    devices = [_video_device(display)]
+    devices = [_video_device(display), *(drives or [])]
     if multi_console(cluster_level):
         for g in display.graphics:
             dev = {"type": "graphics", "device": g.value, "specParams": _graphics_spec(display, g)}

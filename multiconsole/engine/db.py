@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Integer,
@@ -104,6 +105,9 @@ class Cluster(Base):
     arch: Mapped[str] = mapped_column(String(16), default="x86_64")
     console_address: Mapped[str | None] = mapped_column(String(255))
     description: Mapped[str] = mapped_column(String(1024), default="")
+    # A directory every host of the cluster mounts at this same path: VMs' disks live there
+    # and any host may run them; None: a VM's disks stay on the host that made them.
+    shared_dir: Mapped[str | None] = mapped_column(String(1024))
     hosts: Mapped[list[Host]] = relationship(back_populates="cluster")
 
 
@@ -157,6 +161,8 @@ class Template(Base):
     display: Mapped[dict[str, Any]] = mapped_column()
     description: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # Boot media (engine/drives.py): {"cdrom": image id, "disks": [...], "boot": [...]}.
+    drives: Mapped[dict[str, Any] | None] = mapped_column()
 
 
 class Vm(Base):
@@ -184,8 +190,12 @@ class Vm(Base):
     # When a user's action (start, stop) last changed the status: the monitor leaves
     # alone what changed while its poll was on the wire.
     acted_at: Mapped[datetime | None] = mapped_column()
+    # Boot media (engine/drives.py): {"cdrom": image id, "disks": [...], "boot": [...]}.
+    drives: Mapped[dict[str, Any] | None] = mapped_column()
+    # The host that holds the VM's disk overlays (none in a shared directory): it must run it.
+    disk_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
     cluster: Mapped[Cluster] = relationship()
-    host: Mapped[Host | None] = relationship()
+    host: Mapped[Host | None] = relationship(foreign_keys=[host_id])
     consoles: Mapped[list[VmConsole]] = relationship(
         cascade="all, delete-orphan", order_by="VmConsole.protocol"
     )
@@ -211,6 +221,21 @@ class VmConsole(Base):
     # When the engine last changed `holder` (an event or the poll): a poll asked before
     # that has older news and must not undo it.
     session_at: Mapped[datetime | None] = mapped_column()
+
+
+class Image(Base):
+    """Boot media uploaded to the engine: an ISO installer or a disk image (raw, qcow2),
+    stored as <data dir>/images/<id>; hosts cache it by its sha256."""
+
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    format: Mapped[str] = mapped_column(String(8))  # iso, raw, qcow2
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes of the file
+    virtual_size: Mapped[int] = mapped_column(BigInteger)  # bytes the guest sees
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=now)
 
 
 class AuditEntry(Base):

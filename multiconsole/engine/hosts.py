@@ -69,11 +69,14 @@ class Agents:
         tls: EngineTls | None = None,
         per_host: int | None = None,
         wait: float = HOST_WAIT,
+        image_store=None,
     ):
         self._timeout = timeout
         self.tls = tls
         self.per_host = per_host
         self._wait = wait
+        # The engine's images (engine/images.py ImageStore), which hosts get before a VM starts.
+        self.image_store = image_store
         self._context: ssl.SSLContext | None = None
         self._clients: dict[tuple[str, str, int], AgentClient] = {}
         self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}

@@ -32,11 +32,23 @@ class ClusterIn(In):
     arch: Literal["x86_64", "ppc64"] = "x86_64"
     console_address: str | None = Field(None, max_length=255)
     description: str = Field("", max_length=1024)
+    shared_dir: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^/[^\x00]*$",
+        description="a directory every host mounts at this path: VMs' disks live there, any host runs them",
+    )
 
 
 class ClusterPatch(In):
     console_address: str | None = Field(None, max_length=255)
     description: str | None = Field(None, max_length=1024)
+    shared_dir: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^/[^\x00]*$",
+        description="a directory every host mounts at this path: VMs' disks live there, any host runs them",
+    )
 
 
 class ClusterOut(BaseModel):
@@ -46,6 +58,7 @@ class ClusterOut(BaseModel):
     arch: str
     console_address: str | None
     description: str
+    shared_dir: str | None = None
 
     @classmethod
     def of(cls, c: Cluster) -> ClusterOut:
@@ -56,6 +69,7 @@ class ClusterOut(BaseModel):
             arch=c.arch,
             console_address=c.console_address,
             description=c.description,
+            shared_dir=c.shared_dir,
         )
 
 
@@ -128,7 +142,27 @@ class DisplayFields(In):
     allow_reconnect: bool | None = None
 
 
-class VmIn(DisplayFields):
+class DiskIn(In):
+    image: str | None = Field(
+        None, min_length=1, max_length=128, description="a disk image (name or id): the disk is its overlay"
+    )
+    size_gib: int | None = Field(None, ge=1, le=4096, description="an empty disk of this size")
+
+
+BootDevice = Literal["cdrom", "disk", "network"]
+
+
+class DriveFields(DisplayFields):
+    cdrom: str | None = Field(
+        None, max_length=128, description="an ISO image (name or id) in the CD-ROM; '' for none"
+    )
+    disks: list[DiskIn] | None = Field(None, max_length=8)
+    boot: list[BootDevice] | None = Field(
+        None, max_length=3, description="boot order, e.g. ['cdrom', 'disk']"
+    )
+
+
+class VmIn(DriveFields):
     name: str = Name
     cluster: str = Field(min_length=1, max_length=64)
     template: str | None = Field(None, max_length=64)
@@ -137,14 +171,14 @@ class VmIn(DisplayFields):
     vcpus: int | None = Field(None, ge=1, le=256)
 
 
-class VmPatch(DisplayFields):
+class VmPatch(DriveFields):
     name: str | None = OptionalName
     os_type: str | None = Field(None, max_length=64)
     memory_mib: int | None = Field(None, ge=16, le=1048576)
     vcpus: int | None = Field(None, ge=1, le=256)
 
 
-class TemplateIn(DisplayFields):
+class TemplateIn(DriveFields):
     name: str = Name
     cluster: str | None = Field(None, max_length=64)
     os_type: str | None = Field(None, max_length=64)
@@ -153,7 +187,7 @@ class TemplateIn(DisplayFields):
     description: str | None = Field(None, max_length=1024)
 
 
-class TemplatePatch(DisplayFields):
+class TemplatePatch(DriveFields):
     name: str | None = OptionalName
     os_type: str | None = Field(None, max_length=64)
     memory_mib: int | None = Field(None, ge=16, le=1048576)
@@ -204,6 +238,35 @@ class NextRun(BaseModel):
     display: DisplayOut
 
 
+class ImageRef(BaseModel):
+    id: str
+    name: str | None
+
+
+class DiskOut(BaseModel):
+    id: str | None = Field(description="the VM's own disk (none on a template)")
+    image: ImageRef | None = Field(description="the image the disk is an overlay of")
+    size_gib: int | None = Field(description="an empty disk's size")
+
+
+class DrivesOut(BaseModel):
+    cdrom: ImageRef | None = None
+    disks: list[DiskOut] = []
+    boot: list[str] = []
+
+
+class ImageOut(BaseModel):
+    id: str
+    name: str
+    format: str
+    size: int = Field(description="bytes of the file")
+    virtual_size: int = Field(description="bytes the guest sees")
+    sha256: str
+    created_by: str | None
+    created_at: Time
+    used_by: list[str] = Field([], description="the VMs and templates that use it")
+
+
 class VmOut(BaseModel):
     id: str
     name: str
@@ -225,6 +288,10 @@ class VmOut(BaseModel):
     consoles: list[ConsoleOut] = Field(description="where the running VM's consoles listen")
     created_at: Time
     started_at: Time | None
+    drives: DrivesOut = DrivesOut()
+    pinned_to_host: str | None = Field(
+        None, description="the host that keeps the VM's disks: the VM starts only there"
+    )
 
     @classmethod
     def of(cls, vm: Vm, template_name: str | None = None) -> VmOut:
@@ -270,6 +337,7 @@ class TemplateOut(BaseModel):
     vcpus: int
     display: DisplayOut
     description: str
+    drives: DrivesOut = DrivesOut()
 
     @classmethod
     def of(cls, t: Template, cluster_name: str | None) -> TemplateOut:

@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -29,13 +29,14 @@ from multiconsole.domain.display import (
     violations,
 )
 from multiconsole.domain.errors import FieldError
-from multiconsole.engine import builder
+from multiconsole.engine import builder, drives, transfer
 from multiconsole.engine.broker import AgentCallError, CertificateMismatch
 from multiconsole.engine.db import (
     AuditEntry,
     Cluster,
     EnrollmentToken,
     Host,
+    Image,
     Template,
     Vm,
     VmConsole,
@@ -103,6 +104,7 @@ def create_cluster(
     arch: str = "x86_64",
     console_address: str | None = None,
     description: str = "",
+    shared_dir: str | None = None,
 ) -> Cluster:
     check_name(name)
     _unique(session, Cluster, name, "cluster")
@@ -117,6 +119,7 @@ def create_cluster(
         arch=arch,
         console_address=console_address,
         description=description,
+        shared_dir=check_shared_dir(shared_dir),
     )
     session.add(cluster)
     session.flush()
@@ -126,6 +129,15 @@ def create_cluster(
 def _check_address(address: str | None, field: str) -> None:
     if address is not None and not ADDRESS_RE.fullmatch(address):
         raise EngineError(field, f"{address!r} is not a host name or IP address", 422)
+
+
+def check_shared_dir(path: str | None) -> str | None:
+    """An absolute path without '..' (each host's agent makes disks under <path>/disks)."""
+    if path in (None, ""):
+        return None
+    if not path.startswith("/") or ".." in path.split("/") or "\x00" in path:
+        raise EngineError("shared_dir", "must be an absolute path without '..'", 422)
+    return path.rstrip("/") or "/"
 
 
 def get_cluster(session: Session, key: str) -> Cluster:
@@ -332,6 +344,7 @@ def create_template(session: Session, fields: dict[str, Any]) -> Template:
         vcpus=fields.get("vcpus") or 1,
         display=display.to_json(),
         description=fields.get("description") or "",
+        drives=drives.from_fields(session, fields, None, fresh_ids=False),
     )
     session.add(t)
     session.flush()
@@ -359,6 +372,7 @@ def update_template(session: Session, key: str, fields: dict[str, Any]) -> Templ
     check_display(display, os_type, cluster or _any_level_cluster(os_type))
     t.os_type = os_type
     t.display = display.to_json()
+    t.drives = drives.from_fields(session, fields, t.drives, fresh_ids=False)
     for key_ in ("memory_mib", "vcpus", "description"):
         if fields.get(key_) is not None:
             setattr(t, key_, fields[key_])
@@ -392,6 +406,9 @@ def create_vm(session: Session, fields: dict[str, Any]) -> Vm:
         vcpus=fields.get("vcpus") or (template.vcpus if template else 1),
         display=display.to_json(),
         status="Down",
+        drives=drives.from_fields(
+            session, fields, drives.for_new_vm(template.drives if template else None), True
+        ),
     )
     session.add(vm)
     session.flush()
@@ -414,6 +431,10 @@ def update_vm(session: Session, key: str, fields: dict[str, Any]) -> Vm:
         _unique(session, Vm, check_name(fields["name"]), "VM", vm.id)
         vm.name = fields["name"]
     running = vm.status in ON_HOST
+    if any(fields.get(k) is not None for k in ("cdrom", "disks", "boot")):
+        if running:
+            raise Conflict("disks", "stop the VM to change its CD-ROM, disks or boot order")
+        vm.drives = drives.from_fields(session, fields, vm.drives, fresh_ids=True)
     pending = dict(vm.next_run or {}) if running else {}
     current = DisplayConfig.from_json(pending.get("display", vm.display))
     display = display_from_fields(fields, current)
@@ -436,11 +457,41 @@ def update_vm(session: Session, key: str, fields: dict[str, Any]) -> Vm:
     return vm
 
 
-def delete_vm(session: Session, key: str) -> None:
+def delete_vm(session: Session, key: str, agents: Agents | None = None) -> None:
+    """Remove a stopped VM, and its own disks from the host (or shared directory) that keeps them."""
     vm = get_vm(session, key)
     if vm.status in ON_HOST:
         raise Conflict("status", f"VM {vm.name!r} is {vm.status}: stop it first")
+    if agents is not None and drives.has_disks(vm.drives):
+        _remove_disks(session, agents, vm)
     session.delete(vm)
+
+
+def _remove_disks(session: Session, agents: Agents, vm: Vm) -> None:
+    shared = vm.cluster.shared_dir
+    if vm.disk_host_id:
+        host = session.get(Host, vm.disk_host_id)
+    elif shared:
+        host = session.scalar(
+            select(Host).where(Host.cluster_id == vm.cluster_id, Host.status == "Up").limit(1)
+        )
+    else:
+        return  # never started: no disks were made
+    if host is None:
+        return
+    params: dict[str, Any] = {"vmID": vm.id}
+    if shared:
+        params["diskDir"] = shared
+    try:
+        agents.for_host(host).call("VM.removeDisks", **params)
+    except AgentCallError as err:
+        raise EngineError(
+            "host", f"host {host.name} could not remove the VM's disks: {err.message}", 409
+        ) from None
+    except httpx.HTTPError as err:
+        raise HostUnreachable(
+            "host", f"host {host.name} keeps the VM's disks and did not answer: {_short(err)}"
+        ) from None
 
 
 def _apply_next_run(vm: Vm) -> None:
@@ -479,6 +530,14 @@ def _pick_host(session: Session, vm: Vm, display: DisplayConfig, memory_mib: int
     hosts = session.scalars(
         select(Host).where(Host.cluster_id == vm.cluster_id).execution_options(populate_existing=True)
     ).all()
+    pinned = pinned_host(session, vm)
+    if pinned is not None:
+        # The VM's disks are on that host alone: it runs there or not at all.
+        if pinned.status != "Up":
+            raise Conflict(
+                "host", f"VM {vm.name!r} keeps its disks on host {pinned.name}, which is {pinned.status}"
+            )
+        hosts = [pinned]
     reasons = []
     busy: dict[str, int] = {}
     for vm_host_id, mem in session.execute(
@@ -527,6 +586,8 @@ def start_vm(session: Session, agents: Agents, key: str, recheck: Callable[[str]
     memory_mib = pending.get("memory_mib", vm.memory_mib)
     check_display(display, pending.get("os_type", vm.os_type), vm.cluster)
     host = _pick_host(session, vm, display, memory_mib)
+    files = _image_files(session, agents, vm)
+    shared = vm.cluster.shared_dir
     params = builder.vm_create(
         vm_id=vm.id,
         name=vm.name,
@@ -534,15 +595,20 @@ def start_vm(session: Session, agents: Agents, key: str, recheck: Callable[[str]
         vcpus=pending.get("vcpus", vm.vcpus),
         display=display,
         cluster_level=vm.cluster.compat_level,
+        drives=builder.drive_devices(vm.drives, {f.id: (f.sha256, f.format) for f in files}, shared),
     )
     with released(session):
         try:
+            if files:  # a transfer may take minutes: no database connection is held meanwhile
+                transfer.send_missing(agents.for_host(host), host.name, [f.file for f in files])
             reply = agents.for_host(host).call("VM.create", vmID=vm.id, vmParams=params)
         except AgentCallError as err:
             raise EngineError("host", f"host {host.name} refused the VM: {err.message}", 409) from None
         except httpx.HTTPError as err:
             raise HostUnreachable("host", f"host {host.name} did not answer: {_short(err)}") from None
     _apply_next_run(vm)
+    if drives.has_disks(vm.drives) and not shared:
+        vm.disk_host_id = host.id
     vm.host_id = host.id
     vm.host = host
     vm.started_at = vm.acted_at = now()
@@ -551,6 +617,41 @@ def start_vm(session: Session, agents: Agents, key: str, recheck: Callable[[str]
     apply_vm_stats(vm, host, reply["vmList"])
     log.info("vm started vm=%s host=%s", vm.name, host.name)
     return vm
+
+
+def pinned_host(session: Session, vm: Vm) -> Host | None:
+    """The host a VM must run on because its disks are there (None: any host)."""
+    if vm.disk_host_id is None or vm.cluster.shared_dir:
+        return None
+    return session.get(Host, vm.disk_host_id)
+
+
+@dataclass(frozen=True)
+class _VmImage:
+    id: str
+    sha256: str
+    format: str
+    file: transfer.ImageFile
+
+
+def _image_files(session: Session, agents: Agents, vm: Vm) -> list[_VmImage]:
+    found = []
+    for image_id in drives.image_ids(vm.drives):
+        image = session.get(Image, image_id)
+        if image is None:
+            raise Conflict("disks", f"VM {vm.name!r} uses an image that was removed: edit its drives")
+        if agents.image_store is None:
+            raise EngineError("image", "this engine has no image store", 500)
+        path = agents.image_store.path(image.id)
+        found.append(
+            _VmImage(
+                image.id,
+                image.sha256,
+                image.format,
+                transfer.ImageFile(image.name, image.sha256, path, image.size),
+            )
+        )
+    return found
 
 
 def stop_vm(session: Session, agents: Agents, key: str) -> Vm:

@@ -16,6 +16,7 @@ class ErrorCode(IntEnum):
     VM_NOT_RUNNING = 102
     CONSOLE_IN_USE = 103
     CERTIFICATE_REFUSED = 110
+    STORAGE_FAILURE = 120
 
 
 MESSAGES = {
@@ -31,4 +32,5 @@ MESSAGES = {
     ErrorCode.VM_NOT_RUNNING: "the VM is not running",
     ErrorCode.CONSOLE_IN_USE: "a client is connected to the console",
     ErrorCode.CERTIFICATE_REFUSED: "the host cannot make or install that certificate",
+    ErrorCode.STORAGE_FAILURE: "the host cannot provide the VM's images or disks",
 }

@@ -24,8 +24,9 @@ SYSTEM_URI = "qemu:///system"
 class AgentProcess:
     """`multiconsole agent` as its own process, as an engine would reach it."""
 
-    def __init__(self, log_dir: Path, uri: str = SYSTEM_URI, port: int | None = None):
+    def __init__(self, log_dir: Path, uri: str = SYSTEM_URI, port: int | None = None, extra: tuple = ()):
         self.uri = uri
+        self.extra = [str(a) for a in extra]  # more `multiconsole agent` options
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"agent-{self.port}-{time.monotonic_ns()}.log"
@@ -46,6 +47,7 @@ class AgentProcess:
                 f"127.0.0.1:{self.port}",
                 "--virt-type",
                 "qemu",
+                *self.extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=self.log_path.open("ab"),

@@ -26,6 +26,8 @@ METHODS = {
     "VM.sendKeys",
     "Host.certificateRequest",
     "Host.installCertificate",
+    "Host.getImages",
+    "VM.removeDisks",
 }
 BOTH = {
     "vmId": VM_ID,
@@ -623,6 +625,7 @@ def test_schema_has_every_method_with_params_and_result(rpc):
         "102": "the VM is not running",
         "103": "a client is connected to the console",
         "110": "the host cannot make or install that certificate",
+        "120": "the host cannot provide the VM's images or disks",
     }
 
 

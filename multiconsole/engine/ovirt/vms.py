@@ -118,9 +118,14 @@ def get_vm(vm_id: str, session: Session = Depends(db, scope="function"), g: Gran
 
 
 @router.delete("/vms/{vm_id}")
-def remove_vm(vm_id: str, session: Session = Depends(db, scope="function"), g: Grants = Depends(grants)):
+def remove_vm(
+    vm_id: str,
+    request: Request,
+    session: Session = Depends(db, scope="function"),
+    g: Grants = Depends(grants),
+):
     vm = permissions.require_vm(session, g, vm_id, VM_OPERATOR, "remove")
-    service.delete_vm(session, vm.id)
+    service.delete_vm(session, vm.id, request.app.state.agents)
     permissions.forget(session, "vm", vm.id)
     return xml.response(render.action())
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from multiconsole.domain.devices import VideoModel
 from multiconsole.domain.display import DisconnectAction
-from multiconsole.engine import api, auth
+from multiconsole.engine import api, auth, images_api
 from multiconsole.engine.auth import CONSOLE_USER, VM_OPERATOR
 from multiconsole.engine.db import Template, User, Vm
 from multiconsole.engine.errors import EngineError
@@ -38,6 +38,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 NAV = [
     ("/ui/vms", "VMs", False),
     ("/ui/templates", "Templates", False),
+    ("/ui/images", "Images", False),
     ("/ui/hosts", "Hosts", False),
     ("/ui/clusters", "Clusters", False),
     ("/ui/audit", "Audit log", False),
@@ -216,6 +217,8 @@ def _vm_rows(session: Session, g: Grants) -> list[dict]:
             "memory_mib": (pending.memory_mib if pending and pending.memory_mib else out.memory_mib),
             "vcpus": (pending.vcpus if pending and pending.vcpus else out.vcpus),
             **(pending.display if pending else out.display).model_dump(),
+            **_drive_edit(out.drives),
+            "pinned_to_host": out.pinned_to_host,
             "status": out.status,
         }
         rows.append(
@@ -231,8 +234,22 @@ def _vm_rows(session: Session, g: Grants) -> list[dict]:
     return rows
 
 
-def _dialog_context(session: Session, g: Grants) -> dict:
+def _drive_edit(drives) -> dict:
+    """The dialog's boot media controls: one CD-ROM, one disk (an image's overlay or empty), an order."""
+    disk = drives.disks[0] if drives.disks else None
     return {
+        "cdrom": drives.cdrom.name if drives.cdrom else "",
+        "disk_image": (disk.image.name if disk.image else "") if disk else "",
+        "disk_size_gib": disk.size_gib if disk else None,
+        "boot": ",".join(drives.boot),
+    }
+
+
+def _dialog_context(session: Session, g: Grants) -> dict:
+    image_list = images_api.list_images(session, g) if images_api.may_use_images(g) else []
+    return {
+        "isos": [i for i in image_list if i.format == "iso"],
+        "disk_images": [i for i in image_list if i.format != "iso"],
         "clusters": api.list_clusters(session, g),
         "templates": api.list_templates(session, g),
         "os_types": api.os_types(),
@@ -301,6 +318,7 @@ def templates_page(
             "vcpus": t.vcpus,
             "description": t.description,
             **t.display.model_dump(),
+            **_drive_edit(t.drives),
         }
         rows.append({"t": t, "may_edit": may_edit, "edit": edit})
     may_create = g.is_admin or any(VM_OPERATOR in g.on_cluster(c.id) for c in api.list_clusters(session, g))
@@ -314,6 +332,24 @@ def templates_page(
         may_create=may_create,
         **_dialog_context(session, g),
     )
+
+
+@router.get("/ui/images", response_class=HTMLResponse)
+def images_page(
+    request: Request,
+    session: Session = Depends(api.db, scope="function"),
+    user: User | None = Depends(page_user),
+):
+    if user is None:
+        return _to_login(request)
+    g = Grants.load(session, user)
+    may_see = images_api.may_use_images(g)
+    rows = (
+        [images_api.get_image(i.id, session, g) for i in images_api.list_images(session, g)]
+        if may_see
+        else []
+    )
+    return _page(request, session, user, "images.html", g=g, rows=rows, may_see=may_see, is_admin=g.is_admin)
 
 
 @router.get("/ui/hosts", response_class=HTMLResponse)

@@ -19,7 +19,7 @@ async function call(method, url, body) {
   }
   let data = null;
   const type = reply.headers.get("Content-Type") || "";
-  if (type.includes("json")) data = await reply.json();
+  if (type.includes("json") && reply.status !== 204) data = await reply.json();
   return { ok: reply.ok, status: reply.status, data, reply };
 }
 
@@ -166,7 +166,15 @@ const DEFAULTS = {
   os_type: "other", memory_mib: 256, vcpus: 1, video: "qxl", consoles: ["spice", "vnc"], monitors: 1,
   keyboard_layout: null, copy_paste: true, file_transfer: true, disconnect_action: "LOCK_SCREEN",
   allow_reconnect: false, description: "", cluster: null, template: null,
+  cdrom: "", disk_image: "", disk_size_gib: null, boot: "",
 };
+const DRIVE_CONTROLS = ["cdrom", "disk_image", "disk_size_gib", "boot"];
+
+// The dialog's boot media controls as API fields (cdrom, disks, boot).
+function driveFields(v) {
+  const disks = v.disk_image ? [{ image: v.disk_image }] : v.disk_size_gib ? [{ size_gib: v.disk_size_gib }] : [];
+  return { cdrom: v.cdrom || "", disks, boot: v.boot ? v.boot.split(",") : [] };
+}
 let state = null; // {kind: "vm"|"template", mode: "new"|"edit", key, initial, base}
 
 function same(a, b) {
@@ -203,6 +211,11 @@ function openDialog(kind, mode, values) {
   $("#edit-title").textContent = mode === "new" ? `New ${what}` : `Edit ${what} ${values.name}`;
   $("#edit-submit").textContent = mode === "new" ? "Create" : "Save";
   $("#next-start-note").hidden = !(kind === "vm" && mode === "edit" && values.status && values.status !== "Down");
+  const pinned = $("#pinned-note");
+  pinned.hidden = !values.pinned_to_host;
+  pinned.textContent = values.pinned_to_host
+    ? `This VM's disks are on host ${values.pinned_to_host}: it starts only there.`
+    : "";
   showErrors(form, []);
   dialog.showModal();
   $("#f-name").focus();
@@ -229,7 +242,15 @@ if (form) {
       return;
     }
     const t = JSON.parse(option.dataset.template);
-    fill({ os_type: t.os_type, memory_mib: t.memory_mib, vcpus: t.vcpus, ...t.display });
+    const d = t.drives || { disks: [], boot: [] };
+    const disk = d.disks[0];
+    fill({
+      os_type: t.os_type, memory_mib: t.memory_mib, vcpus: t.vcpus, ...t.display,
+      cdrom: d.cdrom ? d.cdrom.name : "",
+      disk_image: disk && disk.image ? disk.image.name : "",
+      disk_size_gib: disk ? disk.size_gib : null,
+      boot: (d.boot || []).join(","),
+    });
     state.base = collect(form);
     checkRules();
   });
@@ -269,15 +290,28 @@ function payload() {
   const v = collect(form);
   const fields = [...(state.kind === "vm" ? VM_FIELDS : TEMPLATE_FIELDS), ...DISPLAY_FIELDS];
   const out = {};
+  const drives = driveFields(v);
   if (state.mode === "edit") {
     // Only what changed: a running VM keeps the rest, and the engine says what waits.
     for (const f of fields) if (f !== "cluster" && f !== "template" && !same(v[f], state.initial[f])) out[f] = v[f];
+    if (DRIVE_CONTROLS.some((f) => !same(v[f], state.initial[f]))) {
+      const before = driveFields(state.initial);
+      for (const f of ["cdrom", "disks", "boot"]) if (!same(drives[f], before[f])) out[f] = drives[f];
+      if (out.boot && !out.boot.length) delete out.boot;
+    }
     return out;
   }
   for (const f of fields) {
     if (v[f] === null || v[f] === undefined) continue;
     if (state.base && !["name", "cluster", "template"].includes(f) && same(v[f], state.base[f])) continue;
     out[f] = v[f];
+  }
+  // A VM from a template keeps the template's media unless the dialog names others.
+  const fromTemplate = state.base && DRIVE_CONTROLS.every((f) => same(v[f], state.base[f]));
+  if (!fromTemplate) {
+    if (drives.cdrom) out.cdrom = drives.cdrom;
+    if (drives.disks.length) out.disks = drives.disks;
+    if (drives.boot.length) out.boot = drives.boot;
   }
   return out;
 }
@@ -486,4 +520,58 @@ if (keysDialog) {
     b.addEventListener("click", (ev) => sendKeys(keysDialog.dataset.vm, { keys: [b.dataset.keys] }, ev.currentTarget)),
   );
   $("#keys-close").addEventListener("click", () => keysDialog.close());
+}
+
+// --- images: upload with progress (XMLHttpRequest reports upload progress; fetch does not) ---
+
+const uploadForm = $("#upload-form");
+if (uploadForm) {
+  uploadForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const file = $("#u-file").files[0];
+    const error = $("#u-error");
+    error.textContent = "";
+    if (!file) {
+      error.textContent = "Choose a file to upload.";
+      return;
+    }
+    const params = new URLSearchParams({ name: $("#u-name").value || file.name });
+    if ($("#u-format").value) params.set("format", $("#u-format").value);
+    const bar = $("#u-progress");
+    const percent = $("#u-percent");
+    const button = $("#u-submit");
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/api/v1/images?${params}`);
+    xhr.withCredentials = true;
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    xhr.upload.addEventListener("progress", (e) => {
+      if (!e.lengthComputable) return;
+      bar.value = Math.floor((100 * e.loaded) / e.total);
+      percent.textContent = `${bar.value}%`;
+    });
+    xhr.addEventListener("load", () => {
+      button.disabled = false;
+      if (xhr.status === 201) {
+        percent.textContent = "uploaded and checked";
+        location.reload();
+        return;
+      }
+      let message = `error ${xhr.status}`;
+      try {
+        const e = JSON.parse(xhr.responseText).error;
+        message = e.message || e.reason || message;
+      } catch (_) { /* not JSON */ }
+      error.textContent = message;
+      bar.hidden = true;
+      percent.textContent = "";
+    });
+    xhr.addEventListener("error", () => {
+      button.disabled = false;
+      error.textContent = "The upload failed: the engine could not be reached.";
+    });
+    bar.hidden = false;
+    bar.value = 0;
+    button.disabled = true;
+    xhr.send(file);
+  });
 }
