@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db, enrollment, https
+from multiconsole.engine import api, auth, browser, consoles, db, early_auth, enrollment, https, limits
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
@@ -57,6 +57,11 @@ class Settings:
     # mutual TLS when they end within `cert_renew_within_days`.
     cert_renew_interval: float = 12 * 3600
     cert_renew_within_days: int = 30
+    # Request bodies (bytes), capped while they stream (engine/limits.py): every route, the
+    # public ones (logins, enrolment), and path prefixes that take more (e.g. image uploads).
+    max_body: int = limits.MAX_BODY_DEFAULT
+    max_public_body: int = limits.MAX_PUBLIC_BODY_DEFAULT
+    body_limits: dict[str, int] = field(default_factory=dict)
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -187,7 +192,11 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(_ClientAddress)
+    rules = limits.BodyRules(settings.max_body, settings.max_public_body, dict(settings.body_limits))
+    app.add_middleware(
+        limits.BodyGuard, rules=rules, authenticate=early_auth.authenticate, refusal=early_auth.refusal
+    )
+    app.add_middleware(_ClientAddress)  # outside BodyGuard: its password checks know the address
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(enrollment.admin)

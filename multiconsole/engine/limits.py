@@ -1,0 +1,169 @@
+"""Request bodies: who may send one, and how large, decided before any of it is read.
+
+FastAPI reads a route's body before it resolves the route's dependencies, so a login checked
+in a dependency comes after the whole body sits in memory. This ASGI middleware runs first:
+
+- a body to a route that needs a user comes with credentials (an Authorization header or the
+  web UI's session cookie), which are verified from the headers alone; without any, or wrong
+  ones, the answer is a 401 at once and the body is never read;
+- every body is capped while it streams (chunked ones too): a Content-Length over the cap is a
+  413 at once, a chunked body a 413 as soon as it passes the cap, and what follows is not read.
+
+A refusal closes the connection (`Connection: close`): the client stops sending, and the
+server does not drain what it would not use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from multiconsole.engine.errors import EngineError
+
+KIB = 1024
+MIB = 1024 * KIB
+MAX_BODY_DEFAULT = 1 * MIB
+MAX_PUBLIC_BODY_DEFAULT = 64 * KIB
+# Routes anybody may send a body to: the logins and host enrolment (its token is in the body).
+PUBLIC_PATHS = frozenset(
+    {
+        "/api/v1/login",
+        "/api/v1/hosts/enroll",
+        "/ovirt-engine/sso/oauth/token",
+        "/ovirt-engine/services/sso-logout",
+        "/ui/login",
+        "/ui/logout",
+    }
+)
+# Where the middleware leaves the id of the user it verified (the route's dependency uses it
+# instead of checking the password a second time).
+VERIFIED_USER = "multiconsole.verified_user_id"
+
+
+@dataclass(frozen=True)
+class BodyRules:
+    """How large a body may be: `max_body` by default, `max_public_body` on PUBLIC_PATHS, and
+    `larger` (path prefix -> bytes) for routes that take more (image uploads)."""
+
+    max_body: int = MAX_BODY_DEFAULT
+    max_public_body: int = MAX_PUBLIC_BODY_DEFAULT
+    larger: dict[str, int] = field(default_factory=dict)
+
+    def public(self, path: str) -> bool:
+        return path.rstrip("/") in PUBLIC_PATHS
+
+    def cap(self, path: str) -> int:
+        if self.public(path):
+            return self.max_public_body
+        prefixes = [p for p in self.larger if path.startswith(p)]
+        return self.larger[max(prefixes, key=len)] if prefixes else self.max_body
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The Content-Length, None without one. (A malformed one never gets here: the HTTP
+    server refuses it with a 400.)"""
+    value = headers.get("content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def has_body(headers: Headers) -> bool:
+    length = declared_length(headers)
+    return bool(length) or "transfer-encoding" in headers
+
+
+def verified_user_id(request: Request) -> str | None:
+    """The id of the user the middleware verified for this request, if it did."""
+    return request.scope.get(VERIFIED_USER)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised to the application when a streaming body passes its cap (the 413 is already
+    sent); an HTTPException so that whatever reads the body lets it through without logging
+    it as a fault."""
+
+    def __init__(self, cap: int):
+        super().__init__(413, too_large(cap))
+
+
+def too_large(cap: int) -> str:
+    return f"request body larger than {cap} bytes"
+
+
+Authenticate = Callable[[Request], Awaitable[str]]
+Refusal = Callable[[Request, EngineError], tuple[int, dict[str, str], bytes]]
+
+
+def json_refusal(_request: Request, err: EngineError) -> tuple[int, dict[str, str], bytes]:
+    headers = {"content-type": "application/json", **(getattr(err, "headers", None) or {})}
+    return err.status, headers, json.dumps(err.body()).encode()
+
+
+class BodyGuard:
+    """The ASGI middleware. `authenticate(request)` verifies the credentials in the headers
+    (the user's id, or an EngineError: 401 at once when there are none, 403, 429) without
+    reading the body; `refusal(request, err)` shapes an error the way the route's API writes
+    them (status, headers, body)."""
+
+    def __init__(self, app, rules: BodyRules, authenticate: Authenticate, refusal: Refusal = json_refusal):
+        self.app, self.rules, self.authenticate, self.refusal = app, rules, authenticate, refusal
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if not has_body(request.headers):
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        cap = self.rules.cap(path)
+        length = declared_length(request.headers)
+        if length is not None and length > cap:
+            return await self._refuse(request, send, EngineError("body", too_large(cap), 413))
+        if not self.rules.public(path):
+            try:
+                scope[VERIFIED_USER] = await self.authenticate(request)
+            except EngineError as err:
+                return await self._refuse(request, send, err)
+        await self._capped(request, cap, receive, send)
+
+    async def _capped(self, request: Request, cap: int, receive, send) -> None:
+        received = 0
+        answered = False  # by this middleware: the application's reply is dropped
+        started = False
+
+        async def capped_receive():
+            nonlocal received, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cap:
+                    if not started and not answered:
+                        answered = True
+                        await self._refuse(request, send, EngineError("body", too_large(cap), 413))
+                    raise BodyTooLarge(cap)
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(request.scope, capped_receive, tracked_send)
+        except BodyTooLarge:
+            if not answered:
+                raise
+
+    async def _refuse(self, request: Request, send, err: EngineError) -> None:
+        status, headers, body = self.refusal(request, err)
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
