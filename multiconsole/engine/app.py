@@ -194,9 +194,9 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     rules = limits.BodyRules(settings.max_body, settings.max_public_body, dict(settings.body_limits))
     app.add_middleware(
-        limits.BodyGuard, rules=rules, authenticate=early_auth.authenticate, refusal=early_auth.refusal
+        limits.RequestGuard, rules=rules, authenticate=early_auth.authenticate, refusal=early_auth.refusal
     )
-    app.add_middleware(_ClientAddress)  # outside BodyGuard: its password checks know the address
+    app.add_middleware(_ClientAddress)  # outside RequestGuard: its password checks know the address
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(enrollment.admin)

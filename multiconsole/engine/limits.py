@@ -9,6 +9,10 @@ in a dependency comes after the whole body sits in memory. This ASGI middleware 
 - every body is capped while it streams (chunked ones too): a Content-Length over the cap is a
   413 at once, a chunked body a 413 as soon as it passes the cap, and what follows is not read.
 
+The same middleware refuses a NUL character anywhere in the path or the query string (400
+naming the parameter): nothing here has a use for one, and PostgreSQL refuses it in text, so
+it reached the database as a 500.
+
 A refusal closes the connection (`Connection: close`): the client stops sending, and the
 server does not drain what it would not use.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -81,6 +86,21 @@ def verified_user_id(request: Request) -> str | None:
     return request.scope.get(VERIFIED_USER)
 
 
+def nul_in_url(path: str, query_string: bytes) -> EngineError | None:
+    """A 400 naming where a NUL character is in the request's URL, None without one."""
+    if "\x00" in path:  # the ASGI path is decoded already
+        return EngineError("path", "the path contains a NUL character", 400)
+    query = query_string.decode("latin-1")
+    if "%00" in query or "\x00" in query:
+        for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+            if "\x00" in name or "\x00" in value:
+                return EngineError(
+                    name.replace("\x00", "\\x00")[:64] or "query", "contains a NUL character", 400
+                )
+        return EngineError("query", "the query string contains a NUL character", 400)
+    return None
+
+
 class BodyTooLarge(StarletteHTTPException):
     """Raised to the application when a streaming body passes its cap (the 413 is already
     sent); an HTTPException so that whatever reads the body lets it through without logging
@@ -103,7 +123,7 @@ def json_refusal(_request: Request, err: EngineError) -> tuple[int, dict[str, st
     return err.status, headers, json.dumps(err.body()).encode()
 
 
-class BodyGuard:
+class RequestGuard:
     """The ASGI middleware. `authenticate(request)` verifies the credentials in the headers
     (the user's id, or an EngineError: 401 at once when there are none, 403, 429) without
     reading the body; `refusal(request, err)` shapes an error the way the route's API writes
@@ -116,6 +136,9 @@ class BodyGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
+        bad_url = nul_in_url(scope["path"], scope.get("query_string", b""))
+        if bad_url is not None:
+            return await self._refuse(request, send, bad_url)
         if not has_body(request.headers):
             return await self.app(scope, receive, send)
         path = scope["path"]

@@ -4,8 +4,8 @@
 The routes are read from the application itself (REST, oVirt, SSO, web pages, static files,
 those outside the OpenAPI schema), each with the query parameters it declares, fed huge,
 negative, fractional, non-numeric and unicode values, plus parameters it does not know.
-One engine on SQLite serves the run, with a host on libvirt's test driver, one stopped and
-one running VM, a template."""
+One engine on SQLite, then one on PostgreSQL, serves the run, with a host on libvirt's test
+driver, one stopped and one running VM, a template."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Mount, Route
 
-from tests.engine.conftest import FakeHost, engine_client, ok
+from tests.engine.conftest import FakeHost, _pg_database, engine_client, ok
 from tests.engine.test_api import setup_cluster
 from tests.engine.test_ovirt_api import SPICE, VNC, Ovirt, new_vm, start, template
 
@@ -63,11 +63,17 @@ UNKNOWN = st.sampled_from(
 )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("query-fuzz")
+    pg = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'engine.db'}"
+    else:
+        pg = _pg_database()
+        url = pg[2]
     host = FakeHost(tmp)
-    with engine_client(f"sqlite:///{tmp / 'engine.db'}") as api:
+    with engine_client(url) as api:
         ov = Ovirt(api)
         setup_cluster(api, host)
         t = template(api, consoles=("spice", "vnc"))
@@ -86,6 +92,12 @@ def world(tmp_path_factory):
         }
         yield api, ids
     host.stop()
+    api.app.state.db_engine.dispose()
+    if pg is not None:
+        admin, name, _ = pg
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 def query_params(dependant) -> set[str]:
@@ -197,3 +209,14 @@ def test_the_largest_max_lists_everything(world):
     api, _ = world
     reply = api.get("/ovirt-engine/api/vms", params={"max": str(2**31 - 1)})
     assert reply.status_code == 200 and reply.text.count("<vm ") == 2
+
+
+def test_a_nul_in_the_url_is_a_400_naming_it(world):
+    """PostgreSQL refuses NUL in text: it reached the database as a 500."""
+    api, _ = world
+    body = api.get("/api/v1/audit", params={"event": "a\x00"}).json()["error"]
+    assert body["status"] == 400 and body["field"] == "event", body
+    body = api.get("/api/v1/vms/a%00b").json()["error"]
+    assert body["status"] == 400 and body["field"] == "path", body
+    fault = api.get("/ovirt-engine/api/vms", params={"search": "name=\x00"})
+    assert fault.status_code == 400 and b"<fault>" in fault.content and b"search" in fault.content
