@@ -128,6 +128,7 @@ class _ClientAddress:
 
 def make_app(settings: Settings) -> FastAPI:
     engine = db.make_engine(settings.db_url)
+    limits.refuse_nul_in_text(engine)
     db.migrate(engine)
     sessions = db.sessions(engine)
     with sessions() as session:

@@ -20,10 +20,12 @@ server does not drain what it would not use.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from sqlalchemy import event
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -99,6 +101,26 @@ def nul_in_url(path: str, query_string: bytes) -> EngineError | None:
                 )
         return EngineError("query", "the query string contains a NUL character", 400)
     return None
+
+
+_BIND_SUFFIX = re.compile(r"_(m)?\d+$")  # name_1, description_m0: the column's bind parameters
+
+
+def refuse_nul_in_text(engine) -> None:
+    """Refuse, as a 400 naming the column, any text with a NUL character on its way to the
+    database (PostgreSQL cannot store one: each form field, JSON string or login name with one
+    was a 500). On every database, so that both accept the same input."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _no_nul(_conn, _cursor, _statement, parameters, context, _executemany):
+        named = getattr(context, "compiled_parameters", None) if context is not None else None
+        for values in named or []:
+            for key, value in values.items():
+                if isinstance(value, str) and "\x00" in value:
+                    field = _BIND_SUFFIX.sub("", str(key))
+                    if field == "pk":  # a lookup by id (session.get): the column is not the field
+                        raise EngineError(None, "a name or id contains a NUL character", 400)
+                    raise EngineError(field, "contains a NUL character", 400)
 
 
 class BodyTooLarge(StarletteHTTPException):
