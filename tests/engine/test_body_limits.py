@@ -242,3 +242,10 @@ def test_rules_public_routes_small_and_prefixes_larger():
     assert rules.cap("/api/v1/vms") == 1000
     assert rules.cap("/api/v1/images/upload") == 10**6
     assert rules.public("/ui/login") and not rules.public("/api/v1/vms")
+
+
+def test_the_address_throttle_counts_checks_made_before_the_body(sqlite_url):
+    with engine_client(sqlite_url, login_failures_per_user=0, login_failures_per_address=2) as c:
+        for name in ("a", "b"):
+            error(c.post("/api/v1/clusters", json={"name": "x"}, auth=(name, "wrong")), 401)
+        error(c.post("/api/v1/clusters", json={"name": "x"}), 429)
