@@ -1,4 +1,5 @@
-"""Request bodies: who may send one, and how large, decided before any of it is read.
+"""Limits on what a request brings: who may send a body and how large, decided before any
+of it is read; no NUL character in its URL or in any text bound for the database.
 
 FastAPI reads a route's body before it resolves the route's dependencies, so a login checked
 in a dependency comes after the whole body sits in memory. This ASGI middleware runs first:
@@ -10,8 +11,9 @@ in a dependency comes after the whole body sits in memory. This ASGI middleware 
   413 at once, a chunked body a 413 as soon as it passes the cap, and what follows is not read.
 
 The same middleware refuses a NUL character anywhere in the path or the query string (400
-naming the parameter): nothing here has a use for one, and PostgreSQL refuses it in text, so
-it reached the database as a 500.
+naming the parameter), and `refuse_nul_in_text` one in any text a statement would send to the
+database (400 naming the column): nothing here has a use for one, and PostgreSQL refuses it
+in text, so it was a 500 there.
 
 A refusal closes the connection (`Connection: close`): the client stops sending, and the
 server does not drain what it would not use.
