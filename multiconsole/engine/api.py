@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from multiconsole.domain.display import OS_TYPES, DisplayConfig, violations
-from multiconsole.engine import auth, consoles, drives, permissions, service
+from multiconsole.engine import auth, consoles, drives, limits, permissions, service
 from multiconsole.engine.auth import CONSOLE_USER, VM_OPERATOR
 from multiconsole.engine.db import Cluster, Host, LoginToken, Permission, Template, User, Vm, release
 from multiconsole.engine.errors import Conflict, EngineError, NotFound
@@ -129,6 +129,9 @@ def _authenticate(
     basic: HTTPBasicCredentials | None,
     bearer: HTTPAuthorizationCredentials | None,
 ) -> User:
+    verified = limits.verified_user_id(request)  # checked before the body was read
+    if verified is not None and (user := session.get(User, verified)) is not None:
+        return user
     if bearer is not None:
         return auth.user_for_token(session, bearer.credentials)
     if basic is None:

@@ -21,10 +21,12 @@ from multiconsole.engine import (
     consoles,
     db,
     dbfaults,
+    early_auth,
     enrollment,
     https,
     images,
     images_api,
+    limits,
 )
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import HOST_CALLS, Agents, EngineTls
@@ -79,6 +81,11 @@ class Settings:
     # one may be (POST /api/v1/images refuses more while it streams).
     images_dir: str | None = None
     image_max_bytes: int = 64 << 30
+    # Request bodies (bytes), capped while they stream (engine/limits.py): every route, the
+    # public ones (logins, enrolment), and path prefixes that take more (e.g. image uploads).
+    max_body: int = limits.MAX_BODY_DEFAULT
+    max_public_body: int = limits.MAX_PUBLIC_BODY_DEFAULT
+    body_limits: dict[str, int] = field(default_factory=dict)
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -163,6 +170,7 @@ class _ClientAddress:
 
 def make_app(settings: Settings) -> FastAPI:
     engine = db.make_engine(settings.db_url)
+    limits.refuse_nul_in_text(engine)
     db.migrate(engine)
     sessions = db.sessions(engine)
     with sessions() as session:
@@ -241,7 +249,13 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(_ClientAddress)
+    # Image uploads stream far more than any other body; their own route checks the size too.
+    larger = {"/api/v1/images": settings.image_max_bytes, **settings.body_limits}
+    rules = limits.BodyRules(settings.max_body, settings.max_public_body, larger)
+    app.add_middleware(
+        limits.RequestGuard, rules=rules, authenticate=early_auth.authenticate, refusal=early_auth.refusal
+    )
+    app.add_middleware(_ClientAddress)  # outside RequestGuard: its password checks know the address
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(images_api.router)  # /api/v1/images (engine/images_api.py)

@@ -21,7 +21,7 @@ from multiconsole.engine import consoles as engine_consoles
 from multiconsole.engine.auth import CONSOLE_USER, VM_OPERATOR
 from multiconsole.engine.db import Host, Template, Vm
 from multiconsole.engine.errors import Conflict, EngineError, NotFound
-from multiconsole.engine.ovirt import render, xml
+from multiconsole.engine.ovirt import render, search, xml
 from multiconsole.engine.ovirt.deps import db, grants, raw_body
 from multiconsole.engine.ovirt.faults import FaultRoute
 from multiconsole.engine.permissions import Grants
@@ -98,7 +98,7 @@ def _vm_consoles(vm: Vm, g: Grants, current: bool) -> list[etree._Element]:
 def list_vm_consoles(
     vm_id: str,
     current: str | None = None,
-    max_: int | None = Query(None, alias="max", ge=0),
+    max_: int | None = Query(None, alias="max", ge=0, le=search.MAX_RESULTS),
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),
 ):
@@ -296,7 +296,7 @@ def _template_consoles(t: Template) -> list[etree._Element]:
 @router.get("/templates/{template_id}/graphicsconsoles")
 def list_template_consoles(
     template_id: str,
-    max_: int | None = Query(None, alias="max", ge=0),
+    max_: int | None = Query(None, alias="max", ge=0, le=search.MAX_RESULTS),
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),
 ):

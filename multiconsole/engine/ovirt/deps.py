@@ -11,7 +11,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from multiconsole.engine import api, auth
+from multiconsole.engine import api, auth, limits
 from multiconsole.engine.db import User, release
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.ovirt.xml import MAX_BODY
@@ -38,6 +38,9 @@ def current_user(request: Request, session: Session = Depends(db, scope="functio
 
 
 def _authenticate(request: Request, session: Session) -> User:
+    verified = limits.verified_user_id(request)  # checked before the body was read
+    if verified is not None and (user := session.get(User, verified)) is not None:
+        return user
     scheme, _, param = (request.headers.get("Authorization") or "").partition(" ")
     if scheme.lower() == "bearer":
         return auth.user_for_token(session, param.strip())

@@ -51,7 +51,7 @@ def _limit(q, max_: int | None):
 @api_router.get("/clusters")
 def list_clusters(
     search_: str | None = Query(None, alias="search", max_length=search.MAX_QUERY),
-    max_: int | None = Query(None, alias="max", ge=0),
+    max_: int | None = Query(None, alias="max", ge=0, le=search.MAX_RESULTS),
     case_sensitive: str | None = None,
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),
@@ -77,7 +77,7 @@ def get_cluster(
 @api_router.get("/hosts")
 def list_hosts(
     search_: str | None = Query(None, alias="search", max_length=search.MAX_QUERY),
-    max_: int | None = Query(None, alias="max", ge=0),
+    max_: int | None = Query(None, alias="max", ge=0, le=search.MAX_RESULTS),
     case_sensitive: str | None = None,
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),
@@ -112,7 +112,7 @@ def get_host(host_id: str, session: Session = Depends(db, scope="function"), g: 
 @api_router.get("/templates")
 def list_templates(
     search_: str | None = Query(None, alias="search", max_length=search.MAX_QUERY),
-    max_: int | None = Query(None, alias="max", ge=0),
+    max_: int | None = Query(None, alias="max", ge=0, le=search.MAX_RESULTS),
     case_sensitive: str | None = None,
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),

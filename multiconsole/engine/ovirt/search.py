@@ -14,6 +14,8 @@ from multiconsole.engine.ovirt import xml
 
 TERM_RE = re.compile(r"^\s*([A-Za-z_.]+)\s*(!=|=)\s*(.*?)\s*$")
 MAX_QUERY = 512
+# The largest `max` a list takes: what both databases hold in an INTEGER (a larger one overflowed: 500).
+MAX_RESULTS = 2**31 - 1
 
 
 def _like(value: str) -> str:

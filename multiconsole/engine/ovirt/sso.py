@@ -68,7 +68,13 @@ async def token(request: Request):
         return await _login(request, name, password, form.get("scope") or SCOPE)
     except EngineError as err:
         # The login throttle (429) and anything else the engine refuses, in SSO's shape.
-        code = "access_denied" if err.status in (401, 403, 429) else "server_error"
+        code = (
+            "access_denied"
+            if err.status in (401, 403, 429)
+            else "invalid_request"
+            if err.status == 400
+            else "server_error"
+        )
         return sso_error(err.status, code, err.reason, getattr(err, "headers", None))
 
 

@@ -35,7 +35,7 @@ FIELD_NAMES = {
 @router.get("/vms")
 def list_vms(
     search_: str | None = Query(None, alias="search", max_length=search.MAX_QUERY),
-    max_: int | None = Query(None, alias="max", ge=0),
+    max_: int | None = Query(None, alias="max", ge=0, le=search.MAX_RESULTS),
     case_sensitive: str | None = None,
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),

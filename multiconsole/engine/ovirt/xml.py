@@ -6,6 +6,7 @@ need the right tag names; readers here accept the same leniency from clients.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,12 +43,17 @@ def opt(parent: etree._Element, tag: str, text: Any) -> None:
         sub(parent, tag, text)
 
 
+# What XML 1.0 cannot carry (control characters, lone surrogates): a fault that echoes a
+# request's path or parameter must not fail on them (it was a 500).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
         return date(value)
-    return str(value)
+    return _NOT_XML.sub("\ufffd", str(value))
 
 
 def date(value: datetime) -> str:
