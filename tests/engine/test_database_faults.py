@@ -164,13 +164,14 @@ def small_fs():
 
 def _fill(where: Path) -> Path:
     filler = where / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as err:
-            assert err.errno == errno.ENOSPC
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:  # unbuffered writes: the one that finds the disk full raises here
+            os.write(fd, b"\0" * 65536)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
     return filler
 
 
