@@ -85,7 +85,8 @@ def agent_enroll(
     address: list[str] = typer.Option(
         None,
         "--address",
-        help="a DNS name or IP address of this host for its certificate (repeat); default: its host names",
+        help="a DNS name or IP address of this host to put in its request (repeat; the engine decides "
+        "the certificate's names: <host>.host.multiconsole.invalid); default: its host names",
     ),
     ca_file: Path = typer.Option(None, help="the CA certificate to check an https:// engine with"),
     ca_fingerprint: str = typer.Option(
