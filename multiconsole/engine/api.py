@@ -578,6 +578,7 @@ def list_users(session: Session = Depends(db, scope="function"), g: Grants = Dep
 def create_user(body: UserIn, session: Session = Depends(db, scope="function"), g: Grants = Depends(grants)):
     """A local user; `roles` are granted on the whole system (POST /permissions for one object)."""
     require_admin(g, "create users")
+    service.check_not_id(body.name)
     if session.scalar(select(User).where(User.name == body.name)) is not None:
         raise Conflict("name", f"a user named {body.name!r} already exists")
     u = User(name=body.name, password_hash=auth.hash_password(body.password))
