@@ -123,10 +123,13 @@ def console_page(
     key: str,
     take_over: bool = False,
     view_only: bool = False,
+    _own_pages: None = Depends(api.cookie_get_from_own_pages),
     session: Session = Depends(api.db, scope="function"),
     g: Grants = Depends(api.grants),
 ):
-    """The VNC console of a VM in the browser (noVNC)."""
+    """The VNC console of a VM in the browser (noVNC). The page asks for a ticket (and with
+    `take_over`, takes the console over) as it loads: with a cookie, only from the engine's
+    own pages or a typed URL."""
     vm = api.console_vm(session, g, key)
     html = templates.get_template("console.html").render(
         vm=vm.name,
