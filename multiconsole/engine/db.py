@@ -20,8 +20,10 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from multiconsole import paths
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -209,6 +211,7 @@ class AuditEntry(Base):
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        paths.private_sqlite(make_url(url).database)  # password hashes: owner only, -wal/-shm too
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
