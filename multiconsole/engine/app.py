@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiconsole.engine import api, auth, browser, consoles, db, enrollment, https
+from multiconsole.engine import api, auth, browser, consoles, db, enrollment, headers, https
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.hosts import Agents, EngineTls
 from multiconsole.engine.monitor import Monitor
@@ -163,7 +163,15 @@ def make_app(settings: Settings) -> FastAPI:
         app.state.monitor.stop()
         app.state.agents.close()
 
-    app = FastAPI(title="multiconsole engine", version="0.1.0", lifespan=lifespan)
+    # /docs and /openapi.json: behind a login (engine/headers.py).
+    app = FastAPI(
+        title="multiconsole engine",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.db_engine = engine
@@ -188,6 +196,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_ClientAddress)
+    app.add_middleware(headers.SecurityHeaders)
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(enrollment.admin)
@@ -195,6 +204,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.include_router(browser.router)
     app.include_router(ovirt_api)  # oVirt's REST API v4 under /ovirt-engine (engine/ovirt/)
     app.include_router(pages.router)  # the web UI (engine/web/pages.py)
+    app.include_router(headers.docs)
     app.mount(pages.STATIC_URL, StaticFiles(directory=pages.STATIC_DIR), name="ui")
     if browser.NOVNC_DIR.is_dir():
         app.mount("/static/novnc", StaticFiles(directory=browser.NOVNC_DIR), name="novnc")
