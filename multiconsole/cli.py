@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def agent_enroll(
     address: list[str] = typer.Option(
         None,
         "--address",
-        help="a DNS name or IP address of this host for its certificate (repeat); default: its host names",
+        help="a DNS name or IP address of this host to put in its request (repeat; the engine decides "
+        "the certificate's names: <host>.host.multiconsole.invalid); default: its host names",
     ),
     ca_file: Path = typer.Option(None, help="the CA certificate to check an https:// engine with"),
     ca_fingerprint: str = typer.Option(
@@ -180,9 +182,12 @@ def engine(
     from multiconsole.client import remember_ca
     from multiconsole.engine import https
     from multiconsole.engine.app import Settings, make_app
-    from multiconsole.paths import data_dir
+    from multiconsole.paths import data_dir, private_file
 
     logs.setup(verbose)
+    # What the engine makes (database, -wal, -shm, logs) is its owner's only (paths.py).
+    os.umask(0o077)
+    data_dir()
     if insecure and (tls_cert or tls_key or tls_name):
         raise typer.BadParameter("--insecure serves no certificate: drop --tls-cert, --tls-key, --tls-name")
     default_port = 8080 if insecure else 8443
@@ -235,8 +240,8 @@ def engine(
     generated = application.state.generated_admin_password
     if generated:
         secret = data_dir() / "admin-password"
-        secret.write_text(generated + "\n")
-        secret.chmod(0o600)
+        with private_file(secret, "w") as f:
+            f.write(generated + "\n")
         typer.echo(f"engine: created admin@internal; its password is in {secret}", err=True)
     tls_files = {"ssl_certfile": str(tls.cert_path), "ssl_keyfile": str(tls.key_path)} if tls else {}
     uvicorn.run(

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from multiconsole.engine import auth, db
-from multiconsole.paths import data_dir
+from multiconsole.paths import data_dir, private_file
 from multiconsole.wire import vvfile
 
 DEMO_VM = {
@@ -117,7 +117,7 @@ def _wait_host_up(api: Api, out: Console, name: str = "local") -> None:
 
 
 def _spawn(args: list[str], log_name: str) -> subprocess.Popen:
-    log = (data_dir() / log_name).open("ab")
+    log = private_file(data_dir() / log_name)  # owner only, like the database
     # A session of its own: Ctrl-C is ours, we stop the VM before the engine and agent.
     return subprocess.Popen(
         [sys.executable, "-m", "multiconsole.cli", *args],

@@ -253,6 +253,21 @@ def spice_subject_name(host_name: str) -> x509.Name:
     )
 
 
+# Every host certificate's only name: never a real server's (RFC 6761 reserves .invalid).
+HOST_NAME_SUFFIX = ".host.multiconsole.invalid"
+
+
+def host_subject(host_name: str) -> x509.Name:
+    """The subject of a host's certificates (agent and SPICE): O=multiconsole,CN=<host name>."""
+    return spice_subject_name(host_name)
+
+
+def host_dns_name(host_name: str) -> str:
+    """The one subjectAltName of a host's certificates: <host name>.host.multiconsole.invalid."""
+    spice_subject_name(host_name)  # the same names are accepted
+    return host_name.lower() + HOST_NAME_SUFFIX
+
+
 def subject_string(name: x509.Name) -> str:
     """An X.509 name as remote-viewer's `host-subject` reads it: "O=multiconsole,CN=kvm1"
     (the certificate's order, unlike RFC 4514's reversed one)."""
@@ -431,30 +446,37 @@ class CertificateAuthority:
         common_name_: str | None = None,
         usage: Usage = "server",
         days: int = CERT_DAYS,
-        sans: Iterable[str] | None = None,
+        sans: Iterable[str] = (),
         subject: x509.Name | None = None,
     ) -> bytes:
-        """Sign a certificate request whose signature checks out. The subject is `subject`,
-        else CN=`common_name_`, else the request's CN; the names are `sans` (else the request's)."""
+        """Sign the public key of a certificate request whose signature checks out. Only the
+        key is taken from the request: the subject is `subject`, else CN=`common_name_`, else
+        CN=multiconsole host, the names are `sans`, and the extensions are this CA's. A request
+        never chooses what the certificate says (it could ask for the engine's own names)."""
         try:
             csr = x509.load_pem_x509_csr(_bytes(csr_pem))
         except ValueError as err:
             raise PkiError(f"not a PEM certificate request: {err}") from None
         if not csr.is_signature_valid:
             raise PkiError("the certificate request's signature does not match its key")
-        if sans is None:
-            try:
-                ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                sans = [str(v) for v in ext.get_values_for_type(x509.IPAddress)]
-                sans += ext.get_values_for_type(x509.DNSName)
-            except x509.ExtensionNotFound:
-                sans = []
-        cn = common_name_
-        if cn is None:
-            names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-            cn = str(names[0].value) if names else "multiconsole host"
+        cn = common_name_ or "multiconsole host"
         pem, _ = self.issue(cn, sans, usage=usage, days=days, public_key=csr.public_key(), subject=subject)
         return pem
+
+    def sign_host_csr(self, csr_pem: bytes | str, host_name: str, days: int = CERT_DAYS) -> bytes:
+        """A host's certificate (its agent's or its SPICE one) for the key of `csr_pem`:
+        subject O=multiconsole,CN=<host name>, one name, <host name>.host.multiconsole.invalid,
+        server authentication. The engine pins an agent's certificate by fingerprint and
+        remote-viewer checks the SPICE one by its subject, so neither needs a real server
+        name; with a DNS name that no server can have (RFC 6761 `.invalid`) and no IP address,
+        no client takes it for the engine or any other server, nor falls back to the CN."""
+        return self.sign_csr(
+            csr_pem,
+            usage="server",
+            days=days,
+            sans=[host_dns_name(host_name)],
+            subject=host_subject(host_name),
+        )
 
     def issued(self, pem: bytes | str) -> bool:
         """Whether this CA signed `pem` (signature only; not dates or usage)."""

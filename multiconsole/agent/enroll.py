@@ -49,7 +49,8 @@ class Enrolled:
 
 
 def default_names() -> list[str]:
-    """The names this host's certificate carries when none are given: its host names."""
+    """The names this host puts in its request when none are given: its host names (the engine
+    ignores them: its certificate names <host>.host.multiconsole.invalid only)."""
     names = [socket.getfqdn(), socket.gethostname()]
     return [n for n in dict.fromkeys(names) if n and n != "localhost"]
 

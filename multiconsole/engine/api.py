@@ -110,6 +110,37 @@ def same_origin(request: Request) -> bool:
     return source.lower().rstrip("/") in {o.lower().rstrip("/") for o in (own, *allowed)}
 
 
+def same_origin_navigation(request: Request) -> bool:
+    """Whether a browser GET comes from the engine's own pages or from the user (a typed URL,
+    a bookmark): `Sec-Fetch-Site: same-origin` or `none`; from browsers that send no
+    Sec-Fetch-Site, an Origin or Referer of the engine (`same_origin`)."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and not same_origin(request):
+        return False
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() in ("same-origin", "none")
+    return same_origin(request)
+
+
+def cookie_get_from_own_pages(
+    request: Request,
+    basic: HTTPBasicCredentials | None = Depends(_basic),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> None:
+    """For the GETs that issue a console ticket (or lead to one): a cookie session is taken
+    only from the engine's own pages. SameSite=Strict does not cover another port of the same
+    host or a sibling subdomain, which could otherwise link here and spend the user's session.
+    Basic and Bearer are not ambient credentials: they pass."""
+    if basic is None and bearer is None and request.cookies.get(SESSION_COOKIE):
+        if not same_origin_navigation(request):
+            raise permissions.Forbidden(
+                None,
+                "refused: a browser session may open a console only from the engine's own pages "
+                "(Sec-Fetch-Site, Origin or Referer names another site, or none)",
+            )
+
+
 def current_user(
     request: Request,
     session: Session = Depends(db, scope="function"),
@@ -556,10 +587,12 @@ def console_vv(
     request: Request,
     ttl: int = Query(consoles.TICKET_TTL_DEFAULT, ge=1, le=consoles.TICKET_TTL_MAX),
     take_over: bool = False,
+    _own_pages: None = Depends(cookie_get_from_own_pages),
     session: Session = Depends(db, scope="function"),
     g: Grants = Depends(grants),
 ):
-    """Issue a ticket and return it as a remote-viewer file (open it with remote-viewer)."""
+    """Issue a ticket and return it as a remote-viewer file (open it with remote-viewer).
+    A GET, for links and downloads: with the web UI's cookie, only from its own pages."""
     vm = console_vm(session, g, key)
     ticket_rate(request, g.user)
     ticket = consoles.issue_ticket(
@@ -622,6 +655,7 @@ def list_users(session: Session = Depends(db, scope="function"), g: Grants = Dep
 def create_user(body: UserIn, session: Session = Depends(db, scope="function"), g: Grants = Depends(grants)):
     """A local user; `roles` are granted on the whole system (POST /permissions for one object)."""
     require_admin(g, "create users")
+    service.check_not_id(body.name)
     if session.scalar(select(User).where(User.name == body.name)) is not None:
         raise Conflict("name", f"a user named {body.name!r} already exists")
     u = User(name=body.name, password_hash=auth.hash_password(body.password))

@@ -23,6 +23,7 @@ from multiconsole.engine import (
     dbfaults,
     early_auth,
     enrollment,
+    headers,
     https,
     images,
     images_api,
@@ -212,7 +213,15 @@ def make_app(settings: Settings) -> FastAPI:
         app.state.agents.close()
         monitor_engine.dispose()
 
-    app = FastAPI(title="multiconsole engine", version="0.1.0", lifespan=lifespan)
+    # /docs and /openapi.json: behind a login (engine/headers.py).
+    app = FastAPI(
+        title="multiconsole engine",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.db_engine = engine
@@ -257,6 +266,7 @@ def make_app(settings: Settings) -> FastAPI:
         limits.RequestGuard, rules=rules, authenticate=early_auth.authenticate, refusal=early_auth.refusal
     )
     app.add_middleware(_ClientAddress)  # outside RequestGuard: its password checks know the address
+    app.add_middleware(headers.SecurityHeaders)  # outermost: refusals get the headers too
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(images_api.router)  # /api/v1/images (engine/images_api.py)
@@ -265,6 +275,7 @@ def make_app(settings: Settings) -> FastAPI:
     app.include_router(browser.router)
     app.include_router(ovirt_api)  # oVirt's REST API v4 under /ovirt-engine (engine/ovirt/)
     app.include_router(pages.router)  # the web UI (engine/web/pages.py)
+    app.include_router(headers.docs)
     app.mount(pages.STATIC_URL, StaticFiles(directory=pages.STATIC_DIR), name="ui")
     if browser.NOVNC_DIR.is_dir():
         app.mount("/static/novnc", StaticFiles(directory=browser.NOVNC_DIR), name="novnc")

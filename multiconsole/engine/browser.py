@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session, sessionmaker
 
-from multiconsole.engine import api, consoles, permissions
+from multiconsole.engine import api, consoles, headers, permissions
 from multiconsole.engine.db import Host, Vm, VmConsole
 from multiconsole.engine.permissions import Grants
 from multiconsole.engine.schemas import ProxyTicketIn, ProxyTicketOut
@@ -121,12 +121,16 @@ def proxy_ticket(
 @router.get("/console/{key}", response_class=HTMLResponse)
 def console_page(
     key: str,
+    request: Request,
     take_over: bool = False,
     view_only: bool = False,
+    _own_pages: None = Depends(api.cookie_get_from_own_pages),
     session: Session = Depends(api.db, scope="function"),
     g: Grants = Depends(api.grants),
 ):
-    """The VNC console of a VM in the browser (noVNC)."""
+    """The VNC console of a VM in the browser (noVNC). The page asks for a ticket (and with
+    `take_over`, takes the console over) as it loads: with a cookie, only from the engine's
+    own pages or a typed URL."""
     vm = api.console_vm(session, g, key)
     html = templates.get_template("console.html").render(
         vm=vm.name,
@@ -134,5 +138,12 @@ def console_page(
         view_only=view_only,
         novnc="/static/novnc",
         api="/api/v1",
+        static="/static/ui",
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    # Its script may reach the websocket proxy (another port: another origin) and nothing else.
+    proxy: ProxyServer | None = request.app.state.proxy
+    where = request.url.hostname or "127.0.0.1"
+    where = f"[{where}]" if ":" in where else where
+    connect = [f"{'wss' if proxy.ssl is not None else 'ws'}://{where}:{proxy.port}"] if proxy else []
+    policy = headers.page_policy(connect)
+    return HTMLResponse(html, headers={"Cache-Control": "no-store", "Content-Security-Policy": policy})

@@ -24,8 +24,10 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from multiconsole import paths
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
@@ -262,6 +264,7 @@ def make_engine(
     """An engine whose pool is sized for the callers given (the request threads by default)."""
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
+        paths.private_sqlite(make_url(url).database)  # password hashes: owner only, -wal/-shm too
         if url in ("sqlite://", "sqlite:///:memory:"):
             pool = {}  # one connection per thread, no queue to size
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)

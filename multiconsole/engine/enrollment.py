@@ -5,9 +5,11 @@
    one use; the database keeps its SHA-256 only.
 2. On the host, ``multiconsole agent enroll --engine URL --token TOKEN`` makes a key and a
    certificate request and sends the request with the token to ``POST /api/v1/hosts/enroll``
-   (no login: the token is the credential). The engine signs it (subject: the host name;
-   server authentication only, so a host's certificate cannot drive another host) and
-   answers with the certificate and the CA's. The private key never leaves the host.
+   (no login: the token is the credential). The engine signs the request's key only: the
+   subject (O=multiconsole,CN=<host name>), the one name (<host name>.host.multiconsole.invalid,
+   never a real server's, so a host cannot pose as the engine) and the usage (server
+   authentication only, so a host's certificate cannot drive another host) are the engine's,
+   whatever the request asks. The private key never leaves the host.
 3. ``host add NAME`` then finds the certificate that host name enrolled with, keeps it on
    the host, and talks to the agent over TLS, pinning it. Enrolling a host that is
    already added renews its certificate.
@@ -81,9 +83,8 @@ def create_token(
 
 def sign_spice(ca: pki.CertificateAuthority, host_name: str, csr_pem: str) -> tuple[str, str]:
     """The SPICE certificate of the host `host_name` for its request: (PEM, subject string)."""
-    subject = pki.spice_subject_name(host_name)
-    pem = ca.sign_csr(csr_pem, usage="server", subject=subject).decode()
-    return pem, pki.subject_string(subject)
+    pem = ca.sign_host_csr(csr_pem, host_name).decode()
+    return pem, pki.subject_string(pki.host_subject(host_name))
 
 
 def enrol(
@@ -103,7 +104,7 @@ def enrol(
     if row is None or row.used_at is not None or utc(row.expires_at) <= now():
         raise refused
     try:
-        cert = ca.sign_csr(csr_pem, common_name_=row.host_name, usage="server").decode()
+        cert = ca.sign_host_csr(csr_pem, row.host_name).decode()
     except pki.PkiError as err:
         raise EngineError("csr", str(err), 422) from None
     spice_cert = spice_subject = None
@@ -148,7 +149,7 @@ def renew(session: Session, agents: Agents, ca: pki.CertificateAuthority, host: 
     try:
         request = client.call("Host.certificateRequest")
         try:
-            cert = ca.sign_csr(request["csr"], common_name_=host.name, usage="server").decode()
+            cert = ca.sign_host_csr(request["csr"], host.name).decode()
             spice_cert = spice_subject = None
             if request.get("spiceCsr"):
                 spice_cert, spice_subject = sign_spice(ca, host.name, request["spiceCsr"])

@@ -75,7 +75,17 @@ def check_name(name: str, field: str = "name") -> str:
             "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             422,
         )
-    return name
+    return check_not_id(name, field)
+
+
+def check_not_id(name: str, field: str = "name") -> str:
+    """Objects are found by id, else by name (`_one`): a name shaped like an id (a UUID)
+    could stand for another object, so no name may have that shape."""
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return name
+    raise EngineError(field, "must not look like an id (a UUID): objects are looked up by id or name", 422)
 
 
 def _one(session: Session, model, key: str, what: str):

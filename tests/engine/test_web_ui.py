@@ -248,12 +248,14 @@ def test_console_changes_of_a_running_vm_show_the_next_start_badge(world):
 def test_the_console_page_takes_the_cookie(world):
     alice = browser(world.api)
     login(alice, *world.users["alice"])
-    page = alice.get("/console/vm-a")
+    # Opened from the engine's own pages (a link, the launcher): Sec-Fetch-Site same-origin.
+    own = {"Sec-Fetch-Site": "same-origin"}
+    page = alice.get("/console/vm-a", headers=own)
     assert page.status_code == 200 and "vm-a" in page.text
-    assert alice.get("/console/vm-b").status_code == 404
+    assert alice.get("/console/vm-b", headers=own).status_code == 404
     bob = browser(world.api)
     login(bob, *world.users["bob"])
-    assert bob.get("/console/vm-a").status_code == 403
+    assert bob.get("/console/vm-a", headers=own).status_code == 403
     # Its proxy ticket is a cookie POST from the page itself: the Origin check lets it through.
     reply = alice.post("/api/v1/vms/vm-a/consoles/vnc/proxy-ticket", json={}, headers={"Origin": ORIGIN})
     assert reply.status_code == 200 and len(reply.json()["password"]) == 8

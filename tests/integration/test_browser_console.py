@@ -97,10 +97,12 @@ def test_novnc_in_chromium_shows_the_vm_screen(engine):
                 http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
                 viewport={"width": 900, "height": 600},
             ).new_page()
-            sockets = []
+            sockets, blocked = [], []
             page.on("websocket", lambda ws: sockets.append(ws.url))
+            page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
             page.goto(f"{server.url}/console/{name}")
             page.wait_for_selector("body[data-state=connected]", timeout=30000)
+            assert blocked == [], blocked  # the page's policy lets noVNC and its websocket through
             assert sockets and all(u.startswith("wss://" if app.state.tls else "ws://") for u in sockets)
             canvas = page.locator("#screen canvas")
             canvas.wait_for(timeout=10000)
@@ -205,7 +207,7 @@ def test_chromium_trusts_only_the_pinned_engine_certificate(tmp_path):
                 try:
                     page = browser.new_page()
                     try:
-                        reply = page.goto(f"{server.url}/docs", timeout=15000)
+                        reply = page.goto(f"{server.url}/ui/login", timeout=15000)
                         loaded = reply is not None and reply.ok
                     except PlaywrightError as err:
                         assert "ERR_CERT" in str(err), err

@@ -80,6 +80,9 @@ def test_web_ui_in_chromium(engine):
             context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
             page = context.new_page()
             page.set_default_timeout(20000)
+            # What the Content-Security-Policy blocks shows as a console message (none may).
+            blocked: list[str] = []
+            context.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
 
             # --- log in -------------------------------------------------------------------
             page.goto(server.url)
@@ -303,6 +306,8 @@ def test_web_ui_in_chromium(engine):
             expect(page).to_have_url(f"{server.url}/ui/login")
             page.goto(f"{server.url}/ui/vms")
             expect(page).to_have_url(f"{server.url}/ui/login?next=%2Fui%2Fvms")
+
+            assert blocked == [], blocked
 
             # --- a user without console permission sees no console entries ------------------------
             other = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()

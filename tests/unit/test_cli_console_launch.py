@@ -281,7 +281,7 @@ def test_browser_json_and_take_over(host, isolated, tmp_path, monkeypatch):
     got = wait_for(tmp_path / "browser.json")
     assert got["argv"][1:] == [out["url"]] == [f"{host.stack.url}/console/{VM}?take_over=true"]
     page = httpx.get(out["url"], auth=(USER, PASSWORD))
-    assert page.status_code == 200 and "const takeOver = true" in page.text
+    assert page.status_code == 200 and 'data-take-over="true"' in page.text
 
 
 def test_browser_is_vnc_only(host, isolated, tmp_path, monkeypatch):

@@ -175,7 +175,7 @@ def test_fingerprint_is_sha256_of_der_in_any_spelling():
         pki.fingerprint(b"not a certificate")
 
 
-def test_csr_is_signed_with_the_engine_choosing_subject_and_usage():
+def test_csr_is_signed_with_the_engine_choosing_subject_names_and_usage():
     ca = pki.CertificateAuthority.create()
     csr, key = pki.make_csr("node1.example.org", ["node1.example.org", "192.0.2.7", "[2001:db8::1]"])
     parsed = x509.load_pem_x509_csr(csr)
@@ -183,12 +183,18 @@ def test_csr_is_signed_with_the_engine_choosing_subject_and_usage():
     pem = ca.sign_csr(csr, common_name_="node1", usage="server")
     cert = pki.load_cert(pem)
     assert pki.common_name(cert) == "node1"
-    assert sorted(pki.san_strings(cert)) == ["192.0.2.7", "2001:db8::1", "node1.example.org"]
+    assert pki.san_strings(cert) == []  # the request's names are never copied
     assert pki.key_matches(cert, key)  # the key never left the "host"
     assert eku(pem) == {ExtendedKeyUsageOID.SERVER_AUTH}
-    verify_server(ca, pem, "192.0.2.7")
-    # The request's own subject when the engine gives none.
-    assert pki.common_name(pki.load_cert(ca.sign_csr(csr))) == "node1.example.org"
+    with pytest.raises(VerificationError):
+        verify_server(ca, pem, "192.0.2.7")
+    # Nor the request's subject when the engine gives none.
+    assert pki.common_name(pki.load_cert(ca.sign_csr(csr))) == "multiconsole host"
+    # A host's certificate: the engine's subject and its one name under .invalid.
+    host = pki.load_cert(ca.sign_host_csr(csr, "node1"))
+    assert pki.subject_string(host.subject) == "O=multiconsole,CN=node1"
+    assert pki.san_strings(host) == ["node1.host.multiconsole.invalid"]
+    assert eku(pki.cert_pem(host)) == {ExtendedKeyUsageOID.SERVER_AUTH}
 
 
 def test_bad_requests_are_refused():
