@@ -258,9 +258,8 @@ def make_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
-    # Image uploads stream far more than any other body. Their route checks the limit itself
-    # (naming the file); the cap here, a little above it, is the backstop.
-    larger = {"/api/v1/images": settings.image_max_bytes + (64 << 10), **settings.body_limits}
+    # Image uploads stream far more than any other body (their route checks the limit too).
+    larger = {"/api/v1/images": settings.image_max_bytes, **settings.body_limits}
     rules = limits.BodyRules(settings.max_body, settings.max_public_body, larger)
     app.add_middleware(
         limits.RequestGuard, rules=rules, authenticate=early_auth.authenticate, refusal=early_auth.refusal
