@@ -375,7 +375,6 @@ def serve(work: Path, jobs: list[str]) -> None:
     """A worker: preload the libraries, then for each 'module:index' mutate, test, restore, and
     print 'module:index killed|survived seconds' (read by the parent)."""
     import importlib
-
     import warnings
 
     warnings.simplefilter("ignore")  # the libraries' deprecation notes, once per worker
