@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -223,7 +224,7 @@ def test_key_file_refused_when_short_or_world_readable(tmp_path):
     short = tmp_path / "short.key"
     short.write_bytes(b"x" * 8)
     short.chmod(0o600)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{short}: a proxy ticket key has at least 32 bytes"):
         load_or_create_key(short)
     public = tmp_path / "public.key"
     public.write_bytes(os.urandom(32))
@@ -258,7 +259,7 @@ def test_token_of_exactly_the_limit():
         except ValueError:
             break
         filler += 1
-    assert MAX_TOKEN_LENGTH - 4 <= len(token) <= MAX_TOKEN_LENGTH
+    assert len(token) == MAX_TOKEN_LENGTH  # base64url reaches every length but 4k+1: 2048 too
     assert reason(token) == "malformed"  # the shape passed; the claim (user too long) did not
     with pytest.raises(ValueError):
         sign({**base, "user": "u" * (filler + 1)}, KEY)
@@ -377,3 +378,32 @@ def test_key_file_readable_by_group_is_accepted_by_others_not(tmp_path):
     os.chmod(path, 0o601)
     with pytest.raises(PermissionError):
         load_or_create_key(path)
+
+
+def test_a_token_one_over_the_limit_is_malformed_before_its_mac_is_checked():
+    # 2,049 characters of the right shape (the regex alone would take a longer payload).
+    token = "A" * (MAX_TOKEN_LENGTH + 1 - 44) + "." + "A" * 43
+    assert len(token) == MAX_TOKEN_LENGTH + 1
+    assert reason(token) == "malformed"
+    token = "A" * (MAX_TOKEN_LENGTH - 44) + "." + "A" * 43
+    assert reason(token) == "bad signature"  # the limit itself passes the shape check
+
+
+def test_tokens_are_deterministic_whatever_the_order_of_claims():
+    _, claims = fresh()
+    forward = claims.to_dict()
+    backward = dict(reversed(list(forward.items())))
+    assert sign(forward, KEY) == sign(backward, KEY) == sign(claims, KEY)
+
+
+def test_ticket_error_and_claims_values():
+    err = TicketError("expired")
+    assert str(err) == "expired" and err.reason == "expired"
+    _, claims = fresh()
+    with pytest.raises(AttributeError):
+        claims.port = 1  # type: ignore[misc]
+
+
+def test_key_file_path_as_text(tmp_path):
+    path = str(tmp_path / "k" / "proxy.key")
+    assert load_or_create_key(path) == load_or_create_key(Path(path))
