@@ -1,7 +1,7 @@
 # The two commands of the README. Both install what they need first (idempotent).
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit integration lint bench
+.PHONY: setup demo test unit integration lint bench mutate
 setup:
 	@bash scripts/setup.sh
 
@@ -26,3 +26,7 @@ bench: setup
 	@$(PY) bench/agent.py
 	@$(PY) bench/monitor.py
 	@$(PY) bench/proxy.py
+
+# Mutation testing of the pure modules (not part of `make test`: it takes a while).
+mutate: setup
+	@$(PY) scripts/mutate.py

@@ -1,8 +1,9 @@
 """A VM's (or template's) display configuration as the engine keeps it, and its rules.
 
-The rules (reference §5) live here, in one place, and every entry point (REST API,
-CLI, web UI, oVirt API) goes through `check`. Each broken rule is a FieldError naming
-the field; `violations` returns all of them so a form can explain each beside its field.
+The rules (the feature page's "which video goes with which console", one console per
+protocol, monitors, headless) live here, in one place, and every entry point (REST API,
+CLI, web UI, oVirt API) goes through `violations`: each broken rule is a FieldError
+naming the field, all of them at once, so a form can explain each beside its field.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def violations(display: DisplayConfig, os_type: str, cluster_level: str, arch: s
         )
     if graphics and display.video == VideoModel.NONE:
         out.append(FieldError("video", "video 'none' is headless: it cannot show a console"))
-    if not graphics and display.video != VideoModel.NONE:
+    if display.headless and display.video != VideoModel.NONE:
         out.append(FieldError("video", "a VM without consoles is headless: its video must be 'none'"))
     if os is not None:
         for g in dict.fromkeys(graphics):
@@ -169,7 +170,7 @@ def violations(display: DisplayConfig, os_type: str, cluster_level: str, arch: s
         out.append(FieldError("monitors", "VNC allows one monitor"))
     elif display.monitors not in SPICE_MONITORS:
         out.append(FieldError("monitors", "SPICE allows 1, 2 or 4 monitors"))
-    elif display.monitors > 1 and not graphics:
+    elif display.monitors > 1 and display.headless:
         out.append(FieldError("monitors", "a headless VM has no monitors"))
     if display.keyboard_layout is not None and not KEYMAP_RE.fullmatch(display.keyboard_layout):
         out.append(FieldError("keyboard_layout", f"{display.keyboard_layout!r} is not a layout like en-us"))
@@ -183,10 +184,3 @@ def _pair_reason(g: GraphicsType, video: VideoModel, os: OsType) -> str:
     if g == GraphicsType.SPICE:
         return f"SPICE needs QXL video (not {video.value})"
     return f"{g.value.upper()} on {os.label} needs video {' or '.join(fits)} (not {video.value})"
-
-
-def check(display: DisplayConfig, os_type: str, cluster_level: str, arch: str) -> None:
-    """Raise the first broken rule."""
-    problems = violations(display, os_type, cluster_level, arch)
-    if problems:
-        raise problems[0]

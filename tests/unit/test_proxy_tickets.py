@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -223,10 +224,186 @@ def test_key_file_refused_when_short_or_world_readable(tmp_path):
     short = tmp_path / "short.key"
     short.write_bytes(b"x" * 8)
     short.chmod(0o600)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{short}: a proxy ticket key has at least 32 bytes"):
         load_or_create_key(short)
     public = tmp_path / "public.key"
     public.write_bytes(os.urandom(32))
     public.chmod(0o644)
     with pytest.raises(PermissionError):
         load_or_create_key(public)
+
+
+# --- exact edges (each one a comparison a mutant could move) ---------------------------------
+
+
+def _signed(**changes) -> str:
+    """A token signed by KEY with these claims changed (not checked by `issue`)."""
+    _, claims = fresh()
+    return sign({**claims.to_dict(), **changes}, KEY)
+
+
+def test_sign_refuses_a_token_over_the_limit_itself():
+    # Claims that verify() would refuse anyway: sign() must still not produce an oversized token.
+    with pytest.raises(ValueError, match=f"at most {MAX_TOKEN_LENGTH} characters"):
+        sign({"user": "u" * 2000}, KEY)
+
+
+def test_token_of_exactly_the_limit():
+    # The largest token sign() makes is accepted by verify()'s shape check (and no larger one).
+    _, claims = fresh()
+    base = {**claims.to_dict(), "user": ""}
+    token, filler = "", 0
+    while True:
+        try:
+            token = sign({**base, "user": "u" * (filler + 1)}, KEY)
+        except ValueError:
+            break
+        filler += 1
+    assert len(token) == MAX_TOKEN_LENGTH  # base64url reaches every length but 4k+1: 2048 too
+    assert reason(token) == "malformed"  # the shape passed; the claim (user too long) did not
+    with pytest.raises(ValueError):
+        sign({**base, "user": "u" * (filler + 1)}, KEY)
+
+
+def test_key_lengths():
+    token, claims = fresh(key=bytes(16))
+    assert verify(token, bytes(16), NOW + 1) == claims
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        sign(claims, bytes(15))
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        verify(token, bytes(15), NOW + 1)
+    with pytest.raises(ValueError):
+        sign(claims, "a" * 32)  # type: ignore[arg-type]  # a str is not a key
+
+
+@pytest.mark.parametrize("field", ["jti", "vm", "host", "user"])
+def test_text_claim_lengths(field):
+    assert verify(_signed(**{field: "x"}), KEY, NOW + 1)
+    assert verify(_signed(**{field: "x" * 255}), KEY, NOW + 1)
+    assert reason(_signed(**{field: ""})) == "malformed"
+    assert reason(_signed(**{field: "x" * 256})) == "malformed"
+    assert reason(_signed(**{field: 5})) == "malformed"
+
+
+@pytest.mark.parametrize("port, ok", [(0, False), (1, True), (65535, True), (65536, False), (-1, False)])
+def test_port_edges(port, ok):
+    token = _signed(port=port)
+    if ok:
+        assert verify(token, KEY, NOW + 1).port == port
+        assert fresh(port=port)[1].port == port
+    else:
+        assert reason(token) == "malformed"
+        with pytest.raises(ValueError, match="port must be 1..65535"):
+            fresh(port=port)
+
+
+def test_integer_claims_must_be_integers():
+    assert reason(_signed(port=True)) == "malformed"
+    assert reason(_signed(port="5901")) == "malformed"
+    assert reason(_signed(iat=float(NOW))) == "malformed"
+    assert reason(_signed(exp=None)) == "malformed"
+
+
+def test_expiry_must_follow_issue():
+    assert verify(_signed(iat=int(NOW), exp=int(NOW) + 1), KEY, NOW)
+    assert reason(_signed(iat=int(NOW), exp=int(NOW)), now=NOW) == "malformed"
+    assert reason(_signed(iat=int(NOW), exp=int(NOW) - 1), now=NOW) == "malformed"
+
+
+def test_ttl_edges():
+    token, claims = fresh(ttl=1)
+    assert claims.exp == claims.iat + 1 == int(NOW) + 1
+    assert verify(token, KEY, NOW) == claims
+    assert reason(token, now=NOW + 1) == "expired"  # exp itself is no longer valid
+    for ttl in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="ttl must be a positive number"):
+            fresh(ttl=ttl)
+    assert fresh()[1].exp - fresh()[1].iat == tickets.DEFAULT_TTL == 120
+
+
+def test_clock_skew_edge():
+    token, _ = fresh(now=NOW + tickets.CLOCK_SKEW)
+    assert verify(token, KEY, NOW)  # exactly CLOCK_SKEW ahead: tolerated
+    token, _ = fresh(now=NOW + tickets.CLOCK_SKEW + 1)
+    assert reason(token, now=NOW) == "not yet valid"
+
+
+def test_wrong_console_and_version():
+    assert reason(_signed(console="spice")) == "wrong console"
+    assert reason(_signed(v=2)) == "wrong version"
+    assert reason(sign(["not", "a", "dict"], KEY)) == "malformed"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"console must be one of \['vnc'\]"):
+        fresh(console="spice")
+
+
+def test_issue_uses_the_clock_when_not_told(monkeypatch):
+    monkeypatch.setattr(tickets.time, "time", lambda: NOW + 0.9)
+    token, claims = issue(KEY, "vm", "vnc", "h", 1, "u")
+    assert claims.iat == int(NOW)
+    assert verify(token, KEY, NOW + 1) == claims
+
+
+def test_issue_refuses_claims_verify_would_refuse():
+    with pytest.raises(ValueError, match="cannot issue this ticket: malformed claims"):
+        fresh(user="")
+
+
+def test_jti_prefix_and_fresh_jti():
+    _, claims = fresh()
+    assert claims.jti_prefix == claims.jti[:8] and len(claims.jti_prefix) == 8
+    assert len(unb64(claims.jti)) == 16
+
+
+def test_default_key_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("MULTICONSOLE_DATA", str(tmp_path / "data"))
+    assert tickets.default_key_path() == tmp_path / "data" / "proxy-ticket.key"
+
+
+def test_key_file_in_a_new_directory_tree(tmp_path):
+    path = tmp_path / "a" / "b" / "proxy.key"
+    key = load_or_create_key(path)
+    assert len(key) == tickets.KEY_BYTES == 32
+    assert load_or_create_key(path) == key
+    assert [p.name for p in path.parent.iterdir()] == ["proxy.key"]  # no temporary file left
+
+
+def test_key_file_readable_by_group_is_accepted_by_others_not(tmp_path):
+    path = tmp_path / "proxy.key"
+    key = load_or_create_key(path)
+    os.chmod(path, 0o640)
+    assert load_or_create_key(path) == key
+    os.chmod(path, 0o604)
+    with pytest.raises(PermissionError, match="must not be readable by others"):
+        load_or_create_key(path)
+    os.chmod(path, 0o601)
+    with pytest.raises(PermissionError):
+        load_or_create_key(path)
+
+
+def test_a_token_one_over_the_limit_is_malformed_before_its_mac_is_checked():
+    # 2,049 characters of the right shape (the regex alone would take a longer payload).
+    token = "A" * (MAX_TOKEN_LENGTH + 1 - 44) + "." + "A" * 43
+    assert len(token) == MAX_TOKEN_LENGTH + 1
+    assert reason(token) == "malformed"
+    token = "A" * (MAX_TOKEN_LENGTH - 44) + "." + "A" * 43
+    assert reason(token) == "bad signature"  # the limit itself passes the shape check
+
+
+def test_tokens_are_deterministic_whatever_the_order_of_claims():
+    _, claims = fresh()
+    forward = claims.to_dict()
+    backward = dict(reversed(list(forward.items())))
+    assert sign(forward, KEY) == sign(backward, KEY) == sign(claims, KEY)
+
+
+def test_ticket_error_and_claims_values():
+    err = TicketError("expired")
+    assert str(err) == "expired" and err.reason == "expired"
+    _, claims = fresh()
+    with pytest.raises(AttributeError):
+        claims.port = 1  # type: ignore[misc]
+
+
+def test_key_file_path_as_text(tmp_path):
+    path = str(tmp_path / "k" / "proxy.key")
+    assert load_or_create_key(path) == load_or_create_key(Path(path))
