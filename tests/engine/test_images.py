@@ -143,7 +143,8 @@ def test_upload_limit(sqlite_url, images_dir, tmp_path):
     with engine_client(sqlite_url, images_dir=str(images_dir), image_max_bytes=1000) as api:
         reply = upload(api, disk, "big")
         error(reply, 413)  # refused as it arrives, by the body cap or by the upload itself
-        assert "larger than" in reply.json()["error"]["reason"] and "1000 bytes" in reply.json()["error"]["reason"]
+        reason = reply.json()["error"]["reason"]
+        assert "larger than" in reason and "1000 bytes" in reason
         assert stored(images_dir) == []
 
 
