@@ -8,9 +8,10 @@ login throttle, and the route finds the verified user in the request's scope.
 from __future__ import annotations
 
 import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
-from multiconsole.engine import api, auth, limits
+from multiconsole.engine import api, auth, dbfaults, limits
 from multiconsole.engine.errors import EngineError
 from multiconsole.engine.ovirt import deps, faults
 
@@ -22,9 +23,9 @@ def _ovirt(request: Request) -> bool:
     return path == OVIRT_API or path.startswith(OVIRT_API + "/")
 
 
-async def authenticate(request: Request) -> str:
+async def authenticate(request: Request) -> str | None:
     """The id of the user whose credentials the request carries; Unauthorized (at once, with
-    no database work) when it carries none."""
+    no database work) when it carries none; None when the database cannot say now."""
     ovirt = _ovirt(request)
     if not request.headers.get("authorization") and (ovirt or not request.cookies.get(api.SESSION_COOKIE)):
         raise auth.Unauthorized(
@@ -33,11 +34,18 @@ async def authenticate(request: Request) -> str:
             + ") before it reads a request body",
             "Bearer" if ovirt else "Basic",
         )
-    if ovirt:
-        return await anyio.to_thread.run_sync(_verify_ovirt, request)
-    basic = await api._basic(request)
-    bearer = await api._bearer(request)
-    return await anyio.to_thread.run_sync(_verify_api, request, basic, bearer)
+    try:
+        if ovirt:
+            return await anyio.to_thread.run_sync(_verify_ovirt, request)
+        basic = await api._basic(request)
+        bearer = await api._bearer(request)
+        return await anyio.to_thread.run_sync(_verify_api, request, basic, bearer)
+    except SQLAlchemyError as err:
+        # The database is down or full: the route checks again and answers its 503 (the
+        # body, capped, is read; refusing here would close the client's connection).
+        if dbfaults.as_engine_error(err) is None:
+            raise
+        return None
 
 
 def _verify_api(request: Request, basic, bearer) -> str:

@@ -108,7 +108,9 @@ def test_a_nonresponsive_host_fails_fast(sqlite_url, agent):
 
 
 def test_a_hundred_screenshots_by_one_console_user(sqlite_url, agent):
-    engine = LiveEngine(sqlite_url).start()
+    # 50 a minute: at least half of the flood is refused whatever the machine's speed (how many
+    # run at once, the other limit, depends on it).
+    engine = LiveEngine(sqlite_url, screenshot_rate_limit=50).start()
     try:
         with engine.client() as admin:
             _running_vm(admin, agent)
@@ -134,7 +136,7 @@ def test_a_hundred_screenshots_by_one_console_user(sqlite_url, agent):
             r.text for r in replies if r.status_code not in (200, 429, 503)
         ]
         assert statuses.count(200) >= 1
-        assert statuses.count(429) >= 50  # one user waits on 8 screenshots at a time
+        assert statuses.count(429) >= 50  # one user gets 50 a minute (and 8 at a time)
         for r in replies:
             if r.status_code in (429, 503):
                 assert int(r.headers["retry-after"]) >= 1

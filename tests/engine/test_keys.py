@@ -173,8 +173,9 @@ def test_web_ui_offers_paste_as_keystrokes_to_console_users(world):  # noqa: F81
         assert 'class="type-keys" data-vm="vm-a"' in row and "Paste as keystrokes" in row, who
     page = b.get("/ui/vms").text
     assert 'id="keys-dialog"' in page and 'id="keys-text"' in page
-    console = b.get("/console/vm-a").text
-    assert 'id="paste-text"' in console and "/keys`" in console
+    console = b.get("/console/vm-a", headers={"Sec-Fetch-Site": "same-origin"}).text
+    assert 'id="paste-text"' in console and "/console.js" in console
+    assert "/keys`" in b.get("/static/ui/console.js").text
     # The pages' POST: the cookie and the same origin; from another site it is refused.
     reply = b.post(
         "/api/v1/vms/vm-a/keys", json={"keys": ["enter"]}, headers={"Origin": "http://evil.example"}
