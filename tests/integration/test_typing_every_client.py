@@ -173,6 +173,20 @@ def xdotool(screen: VirtualScreen, *args: str) -> str:
     return run.stdout.decode().strip()
 
 
+def shown(screen: VirtualScreen, shot: Path, seconds: float = 30) -> None:
+    """Wait until remote-viewer's window shows the guest's text (below its header bar)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        screen.screenshot(shot)
+        with Image.open(shot) as im:
+            # The shell's prompt: light pixels in the window's display area (x < 700, y 60-120).
+            lit = im.convert("L").crop((8, 60, 700, 120)).point(lambda v: 255 if v > 128 else 0)
+            if lit.getbbox() is not None:
+                return
+        assert time.monotonic() < deadline, "remote-viewer never showed the guest's screen"
+        time.sleep(0.5)
+
+
 def type_in_remote_viewer(http: httpx.Client, vm: str, tmp_path: Path) -> None:
     vv = tmp_path / "spice.vv"
     reply = http.get(f"/api/v1/vms/{vm}/consoles/spice.vv", params={"ttl": 120})
@@ -186,8 +200,9 @@ def type_in_remote_viewer(http: httpx.Client, vm: str, tmp_path: Path) -> None:
         # pointer over it (spice-gtk sends keys while its display widget has the focus).
         xdotool(screen, "windowfocus", "--sync", window)
         xdotool(screen, "mousemove", "--window", window, "200", "200")
-        time.sleep(3)  # the SPICE channels connect
-        screen.screenshot(tmp_path / "remote-viewer-before.png")
+        # Keys sent before the SPICE channels connect are lost: wait for the guest's screen.
+        shown(screen, tmp_path / "remote-viewer-before.png")
+        time.sleep(1)
         # XTEST key events, with Shift pressed for '$', '(', ')' and '*' as a keyboard would.
         xdotool(screen, "type", "--delay", "120", COMMAND)
         xdotool(screen, "key", "--delay", "120", "Return")
