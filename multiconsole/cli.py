@@ -262,8 +262,10 @@ def demo(
     proxy_port: int = typer.Option(6100, help="port of the demo's browser-console proxy"),
     virt_type: str = typer.Option("qemu", help="auto, kvm or qemu (TCG)"),
     ticket_ttl: int = typer.Option(600, help="seconds the printed console passwords stay valid"),
+    vm_name: str = typer.Option("demo", help="name of the demo VM (made from the template tiny-linux)"),
 ) -> None:
-    """Run an agent, the engine and a VM 'demo' with SPICE and VNC; print how to connect."""
+    """Run an agent, the engine and a VM 'demo' that boots tiny-linux to a shell, with SPICE and
+    VNC; print how to connect and how to type into it."""
     from multiconsole.demo import run
 
     logs.setup(False)
@@ -273,6 +275,7 @@ def demo(
         proxy_port=proxy_port,
         virt_type=virt_type,
         ticket_ttl=ticket_ttl,
+        vm_name=vm_name,
     )
 
 

@@ -1,12 +1,15 @@
-"""`make demo`: libvirtd, an agent, the engine on SQLite, and a VM 'demo' with SPICE and VNC.
+"""`make demo`: libvirtd, an agent, the engine on SQLite, and a VM 'demo' with SPICE and VNC
+that boots the demo guest (tiny-linux, scripts/build-guest.sh) to a root shell.
 
-Idempotent: a second run reuses the cluster, host and VM of the first. Ctrl-C, SIGTERM and
+Idempotent: a second run reuses the cluster, host, image, template and VM of the first (a
+disk-less VM 'demo' of an older demo is replaced). Ctrl-C, SIGTERM and
 SIGHUP (the terminal closed) stop the VM, the engine and the agent. A demo that could not
 (killed with SIGKILL) left their process ids in <data dir>/demo.pids: the next run stops them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import signal
@@ -18,20 +21,31 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 
 from multiconsole.engine import auth, db
 from multiconsole.paths import data_dir, private_file
 from multiconsole.wire import vvfile
 
-DEMO_VM = {
-    "name": "demo",
+GUEST_DIR = Path(os.environ.get("MULTICONSOLE_GUEST_DIR", "/var/cache/multiconsole/guest"))
+GUEST_IMAGE = GUEST_DIR / "tiny-linux.img"
+IMAGE_NAME = TEMPLATE_NAME = "tiny-linux"
+# The guest needs 128 MiB at least; a little more keeps its page cache out of the way.
+TEMPLATE = {
+    "name": TEMPLATE_NAME,
     "cluster": "Default",
-    "memory_mib": 128,
+    "description": "the demo guest: a Debian kernel and busybox, a root shell on tty1 and ttyS0",
+    "os_type": "other_linux",
+    "memory_mib": 192,
     "vcpus": 1,
     "video": "qxl",
     "consoles": ["spice", "vnc"],
+    "keyboard_layout": "en-us",
+    "boot": ["disk"],
 }
+# Seconds to wait for the guest's shell: about 20-30 s under TCG here, more on a busy machine.
+BOOT_SECONDS = 240
 
 
 class DemoError(SystemExit):
@@ -222,12 +236,70 @@ class Api:
         return next((x for x in self("GET", path) if x["name"] == name), None)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _guest_image(api: Api) -> dict:
+    """The demo guest's disk image on the engine: uploaded once (found again by its sha256);
+    a rebuilt image gets a name of its own, the older one stays for the VMs that use it."""
+    if not GUEST_IMAGE.is_file():
+        raise DemoError(
+            f"demo: the demo guest image {GUEST_IMAGE} is missing; build it with: bash scripts/build-guest.sh"
+        )
+    sha = _sha256(GUEST_IMAGE)
+    images = api("GET", "/images")
+    found = next((i for i in images if i["sha256"] == sha), None)
+    if found is not None:
+        return found
+    name = IMAGE_NAME if all(i["name"] != IMAGE_NAME for i in images) else f"{IMAGE_NAME}-{sha[:12]}"
+
+    def body():
+        with GUEST_IMAGE.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    size = GUEST_IMAGE.stat().st_size
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+    return api("POST", "/images", params={"name": name, "format": "raw"}, content=body(), headers=headers)
+
+
+def _template(api: Api, image: dict) -> dict:
+    """The template 'tiny-linux': made if missing; its disk follows the current image."""
+    template = api.find("/templates", TEMPLATE_NAME)
+    disks = [{"image": image["id"]}]
+    if template is None:
+        return api("POST", "/templates", json={**TEMPLATE, "disks": disks})
+    current = [(d.get("image") or {}).get("id") for d in template["drives"]["disks"]]
+    if current != [image["id"]]:
+        template = api("PATCH", f"/templates/{TEMPLATE_NAME}", json={"disks": disks, "boot": ["disk"]})
+    return template
+
+
+def _demo_vm(api: Api, name: str) -> dict:
+    """The VM from the template; one without a disk (an older demo's) is replaced."""
+    vm = api.find("/vms", name)
+    if vm is not None and not vm["drives"]["disks"]:
+        if vm["status"] != "Down":
+            api("POST", f"/vms/{name}/stop")
+        api("DELETE", f"/vms/{name}")
+        vm = None
+    if vm is None:
+        vm = api("POST", "/vms", json={"name": name, "cluster": "Default", "template": TEMPLATE_NAME})
+    return vm
+
+
 def run(
     agent_port: int = 54321,
     engine_port: int = 8443,
     proxy_port: int = 6100,
     virt_type: str = "qemu",
     ticket_ttl: int = 600,
+    vm_name: str = "demo",
 ):
     out = Console()
     _stop_on_signals()
@@ -271,7 +343,7 @@ def run(
             procs.append(_spawn([*agent, "--virt-type", virt_type], "agent.log"))
             _remember(procs)
             _wait(f"https://127.0.0.1:{agent_port}/health", procs[1], "agent", verify=_engine_tls())
-        with out.status("registering the host and the demo VM"):
+        with out.status("registering the host"):
             if api.find("/clusters", "Default") is None:
                 api("POST", "/clusters", json={"name": "Default", "compat_level": "4.7"})
             old = api.find("/hosts", "local")
@@ -283,16 +355,33 @@ def run(
                     "/hosts",
                     json={"name": "local", "address": "127.0.0.1", "port": agent_port, "cluster": "Default"},
                 )
-            vm = api.find("/vms", "demo")
-            if vm is None:
-                vm = api("POST", "/vms", json=DEMO_VM)
+        size = GUEST_IMAGE.stat().st_size >> 20 if GUEST_IMAGE.is_file() else 0
+        with out.status(f"uploading the guest's disk image {GUEST_IMAGE} ({size} MiB) unless it is there"):
+            image = _guest_image(api)
+        out.print(f"demo: image '{image['name']}' (sha256 {image['sha256'][:16]}...)", highlight=False)
+        with out.status(f"making the template '{TEMPLATE_NAME}' and the VM '{vm_name}' from it"):
+            _template(api, image)
+            vm = _demo_vm(api, vm_name)
         with out.status("waiting for host 'local' to be Up"):
             _wait_host_up(api, out)
             if vm["status"] != "Down":
-                api("POST", "/vms/demo/stop")
-        with out.status("starting the VM 'demo'"):
-            vm = api("POST", "/vms/demo/start")
-        table = Table(title=f"VM 'demo' is {vm['status']} on host {vm['host']}")
+                api("POST", f"/vms/{vm_name}/stop")
+        with out.status(f"starting the VM '{vm_name}'"):
+            started = time.monotonic()
+            vm = api("POST", f"/vms/{vm_name}/start")
+        with out.status(f"VM '{vm_name}' is {vm['status']}: waiting for its shell on the serial port"):
+            from multiconsole.guest_shell import wait_for_shell
+
+            booted = wait_for_shell(vm["id"], vm_name, BOOT_SECONDS)
+        seconds = time.monotonic() - started
+        if booted:
+            state = f"has booted Linux to a root shell in {seconds:.0f} s"
+        elif booted is None:
+            state = "is booting (its serial port cannot be read here: give it about 30 s)"
+        else:
+            state = f"is still booting after {seconds:.0f} s (a busy machine?): its screen shows how far"
+        out.print(f"demo: VM '{vm_name}' {state}", highlight=False)
+        table = Table(title=f"VM '{vm_name}' is {vm['status']} on host {vm['host']}")
         for col in ("console", "address", "port", "one-time password", "remote-viewer file"):
             table.add_column(col, overflow="fold")
         hints = []
@@ -300,8 +389,8 @@ def run(
         folder.mkdir(exist_ok=True)
         for console in vm["consoles"]:
             proto = console["protocol"]
-            t = api("POST", f"/vms/demo/consoles/{proto}/ticket", json={"ttl": ticket_ttl})
-            vv = folder / f"demo-{proto}.vv"
+            t = api("POST", f"/vms/{vm_name}/consoles/{proto}/ticket", json={"ttl": ticket_ttl})
+            vv = folder / f"{vm_name}-{proto}.vv"
             vv.write_text(vvfile.from_ticket(t))
             vv.chmod(0o600)
             table.add_row(proto.upper(), t["address"], str(t["port"]), t["password"], str(vv))
@@ -318,7 +407,7 @@ def run(
         )
         out.print(f"Web UI: {engine_url}/  (log in as {auth.ADMIN})", soft_wrap=True, highlight=False)
         out.print(
-            "The CLI works with no flags here, e.g. .venv/bin/multiconsole vm consoles demo",
+            f"The CLI works with no flags here, e.g. .venv/bin/multiconsole vm consoles {vm_name}",
             soft_wrap=True,
             highlight=False,
         )
@@ -329,12 +418,13 @@ def run(
         for hint in hints:
             out.print(f"  {hint}", soft_wrap=True, highlight=False)
         out.print(
-            f"VNC in the browser: {engine_url}/console/demo (log in as {auth.ADMIN}; the engine's "
+            f"VNC in the browser: {engine_url}/console/{vm_name} (log in as {auth.ADMIN}; the engine's "
             f"certificate is from its own CA, {ca_file}: import that into the browser, or accept the warning "
             f"for {engine_url} and for https://127.0.0.1:{proxy_port} (the console proxy))",
             soft_wrap=True,
             highlight=False,
         )
+        _what_now(out, vm_name, state, engine_url)
         out.print("Ctrl-C stops the demo.")
         try:
             while all(p.poll() is None for p in procs):
@@ -351,7 +441,7 @@ def run(
             except OSError:
                 pass  # no terminal any more
             try:
-                api("POST", "/vms/demo/stop")
+                api("POST", f"/vms/{vm_name}/stop")
             except (DemoError, httpx.HTTPError):
                 pass
         for p in reversed(procs):
@@ -362,3 +452,23 @@ def run(
             except subprocess.TimeoutExpired:
                 p.kill()
         (data_dir() / PIDS_FILE).unlink(missing_ok=True)
+
+
+def _what_now(out: Console, vm_name: str, state: str, engine_url: str) -> None:
+    """The block that tells a new user what to do with the running guest."""
+    cli = ".venv/bin/multiconsole"
+    lines = [
+        f"[bold]The VM '{vm_name}' {state}.[/bold] It runs tiny-linux (Debian's kernel and busybox,",
+        f"keyboard layout en-us) and shows a banner with its name and the prompt '{vm_name}:/root# '.",
+        "",
+        "[bold]Look at it[/bold] with a console above: remote-viewer with a .vv file (SPICE or VNC),",
+        "a VNC viewer with the VNC password, or the browser console (VNC) - all at once if you like.",
+        "",
+        "[bold]Type into it[/bold] (sent as key presses, no console or agent in the guest needed):",
+        f"  {cli} console {vm_name} --type $'echo hello\\n'      (a new line is Enter)",
+        f"  {cli} console {vm_name} --type 'uname -a' && {cli} console {vm_name} --key enter",
+        f'  or in the web UI ({engine_url}/): "Paste as keystrokes" under the browser console',
+        "  or beside each console in the VMs list.",
+        "Then look again: the guest echoes what you typed and runs it. What it writes under /data stays.",
+    ]
+    out.print(Panel("\n".join(lines), title="what to do now", expand=False), soft_wrap=True, highlight=False)

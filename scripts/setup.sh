@@ -17,6 +17,7 @@ APT_PACKAGES=(
   # The demo guest (scripts/build-guest.sh) and reading its screen back (OCR)
   busybox-static syslinux syslinux-common isolinux mtools dosfstools fdisk e2fsprogs cpio
   xorriso kbd console-data qemu-utils tesseract-ocr tesseract-ocr-eng
+  xdotool   # keys typed into remote-viewer's window (tests/integration/test_typing_every_client.py)
 )
 
 need_apt=0

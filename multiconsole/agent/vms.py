@@ -188,8 +188,12 @@ class VmManager:
         found = []
         for dom, xml in self._our_domains():
             vm_id = dom.UUIDString()
+            try:
+                active = dom.isActive()
+            except libvirt.libvirtError:
+                continue  # removed meanwhile (by whoever else uses this libvirt): not ours to run
             found.append(vm_id)
-            if dom.isActive():
+            if active:
                 self._remember_ports(vm_id, xml)
         self._known = set(found)
         if found:
