@@ -26,6 +26,9 @@ bench: setup
 	@$(PY) bench/agent.py
 	@$(PY) bench/monitor.py
 	@$(PY) bench/proxy.py
+	@$(PY) bench/overlay_start.py
+	@$(PY) bench/images.py
+	@$(PY) bench/keys.py
 
 # Mutation testing of the pure modules (not part of `make test`: it takes a while).
 mutate: setup
