@@ -46,7 +46,8 @@ MODULES: dict[str, list[str]] = {
     "multiconsole/wire/stats.py": ["tests/unit/test_stats.py", "tests/unit/test_wire_edges.py"],
     "multiconsole/wire/vmcreate.py": ["tests/unit/test_wire_edges.py", "tests/unit/test_vmcreate.py"],
     "multiconsole/wire/vvfile.py": ["tests/unit/test_vvfile.py"],
-    "multiconsole/wire/errors.py": ["tests/unit/test_vmcreate.py", "tests/unit/test_jsonrpc.py"],
+    "multiconsole/wire/errors.py": ["tests/unit/test_wire_codes.py"],
+    "multiconsole/wire/exits.py": ["tests/unit/test_wire_codes.py", "tests/unit/test_stats.py"],
 }
 TIMEOUT = 300  # seconds for one mutant's test run (a mutant may loop forever)
 
