@@ -129,3 +129,10 @@ def test_exit_reason_unknown_falls_back_to_the_code(code, reason, expected):
 def test_exit_message_from_stats(message, expected):
     got = VmExit.from_stats({"exitCode": 1, "exitReason": 1, "exitMessage": message})
     assert got.message == expected
+
+
+def test_exit_is_immutable():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VmExit.of(ExitReason.SUCCESS).message = "other"  # type: ignore[misc]
