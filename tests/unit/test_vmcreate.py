@@ -1147,3 +1147,18 @@ def test_two_empty_cdrom_trays_share_no_file():
     tray = {"type": "disk", "device": "cdrom"}
     drives = parse(new_form(tray, {**tray, "iface": "sata"})).drives
     assert [(d.path, d.readonly) for d in drives] == [(None, True), (None, True)]
+
+
+def test_parsed_values_are_enum_members_not_strings():
+    got = parse(new_form(QXL, SPICE, DISK0, {"type": "disk", "device": "cdrom", "iface": "sata"}))
+    assert type(got.video[0].model) is VideoModel
+    assert type(got.graphics[0].type) is GraphicsType
+    disk_drive, cdrom = got.drives
+    assert (type(disk_drive.device), type(disk_drive.format), type(disk_drive.bus)) == (
+        DriveDevice,
+        DriveFormat,
+        DriveBus,
+    )
+    assert (type(cdrom.device), type(cdrom.format), type(cdrom.bus)) == (DriveDevice, DriveFormat, DriveBus)
+    raw = parse(disk(format="raw")).drives[0]
+    assert type(raw.format) is DriveFormat
