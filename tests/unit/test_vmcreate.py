@@ -1162,3 +1162,36 @@ def test_parsed_values_are_enum_members_not_strings():
     assert (type(cdrom.device), type(cdrom.format), type(cdrom.bus)) == (DriveDevice, DriveFormat, DriveBus)
     raw = parse(disk(format="raw")).drives[0]
     assert type(raw.format) is DriveFormat
+
+
+def test_four_video_devices_of_any_model_but_none():
+    got = parse(new_form(QXL, {"type": "video", "device": "vga"}, QXL, {"type": "video", "device": "virtio"}))
+    assert [v.model for v in got.video] == [VideoModel.QXL, VideoModel.VGA, VideoModel.QXL, VideoModel.VIRTIO]
+
+
+def test_drive_count_refusals_name_the_devices():
+    many = [{**DISK0, "path": f"/img/{i}.qcow2"} for i in range(17)]
+    err = fails(new_form(*many))
+    assert (err.field, err.reason) == ("devices", "at most 16 disk devices")
+    ide = [{**DISK0, "path": f"/img/{i}.qcow2", "iface": "ide"} for i in range(5)]
+    err = fails(new_form(*ide))
+    assert (err.field, err.reason) == ("devices", "at most 4 drives on ide")
+
+
+@pytest.mark.parametrize("form", ["new", "legacy"])
+def test_empty_display_ip_is_no_address(form):
+    if form == "new":
+        spec_params = {"displayIp": "", "displayNetwork": "ovirtmgmt"}
+        g = parse(new_form({**VNC, "specParams": spec_params})).graphics[0]
+    else:
+        g = parse({"display": "vnc", "displayIp": "", "displayNetwork": "ovirtmgmt"}).graphics[0]
+    assert (g.listen_address, g.listen_network) == (None, "ovirtmgmt")
+
+
+@pytest.mark.parametrize("path", ["/..", "/a/..", "/../a", "/a/../../b"])
+def test_parent_components_are_refused(path):
+    err = fails(disk(path=path))
+    assert (err.field, err.reason) == (
+        "devices[0].path",
+        f"{path!r} is not a normalised path (no '..', '.' or '//')",
+    )
