@@ -10,6 +10,7 @@ scripts/mutate-equivalent.txt and count as killed.
     .venv/bin/python scripts/mutate.py                      # every module, both cores
     .venv/bin/python scripts/mutate.py multiconsole/domain/display.py --jobs 2
     .venv/bin/python scripts/mutate.py --list multiconsole/proxy/tickets.py   # the mutants only
+    .venv/bin/python scripts/mutate.py multiconsole/wire/vmcreate.py --keys survivors.txt  # only these
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ MODULES: dict[str, list[str]] = {
     "multiconsole/wire/stats.py": ["tests/unit/test_stats.py", "tests/unit/test_wire_edges.py"],
     "multiconsole/wire/vmcreate.py": ["tests/unit/test_wire_edges.py", "tests/unit/test_vmcreate.py"],
     "multiconsole/wire/vvfile.py": ["tests/unit/test_vvfile.py"],
-    "multiconsole/wire/errors.py": ["tests/unit/test_vmcreate.py", "tests/unit/test_jsonrpc.py"],
+    "multiconsole/wire/errors.py": ["tests/unit/test_wire_codes.py"],
+    "multiconsole/wire/exits.py": ["tests/unit/test_wire_codes.py", "tests/unit/test_stats.py"],
 }
 TIMEOUT = 300  # seconds for one mutant's test run (a mutant may loop forever)
 
@@ -474,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel workers")
     parser.add_argument("--list", action="store_true", help="list the mutants and their keys, run nothing")
+    parser.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="run only the mutants whose keys FILE lists, one a line (e.g. the survivors of a run)",
+    )
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)  # a worker (internal)
     args = parser.parse_args(argv)
     if args.serve:
@@ -485,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not a module with tests listed in MODULES: {', '.join(unknown)}")
     console = Console()
     mutants = [m for module in modules for m in mutants_of(module)]
+    if args.keys:
+        wanted = {line.strip() for line in Path(args.keys).read_text().splitlines() if line.strip()}
+        mutants = [m for m in mutants if m.key in wanted]
     equivalent = load_equivalent()
     if args.list:
         for m in mutants:

@@ -86,8 +86,7 @@ class ConsoleAddress:
 
 
 def _parse_port(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
+    # A boolean's text is 'True' or 'False', which int() refuses like any other word.
     try:
         port = int(str(value).strip())
     except ValueError:

@@ -216,7 +216,8 @@ def _drive_path(path: Any, field: str) -> str:
         raise FieldError(field, "must be a path without control characters, at most 4096 long")
     if not path.startswith("/"):
         raise FieldError(field, f"{path!r} is not an absolute path")
-    if ".." in path.split("/") or posixpath.normpath(path) != path:
+    # normpath drops every '..' of an absolute path, so this refuses them too.
+    if posixpath.normpath(path) != path:
         raise FieldError(field, f"{path!r} is not a normalised path (no '..', '.' or '//')")
     return path
 

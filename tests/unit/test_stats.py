@@ -277,3 +277,65 @@ def test_exit_fields_of_a_down_vm_read_back_safely():
     odd = VmExit.from_stats({"exitCode": 1, "exitReason": 999, "exitMessage": ["x"]})
     assert odd == VmExit(ExitCode.ERROR, ExitReason.GENERIC_ERROR, "VM terminated with error")
     assert len(VmExit.from_stats({"exitCode": 0, "exitReason": 7, "exitMessage": "m" * 5000}).message) == 512
+
+
+def test_display_info_that_is_not_a_list_falls_back_to_legacy():
+    stats = {"displayInfo": "spice", "displayType": "vnc", "displayPort": "5900", "displayIp": "h"}
+    assert consoles_from_stats(stats, HOST) == [ConsoleAddress(VNC, "h", 5900, None)]
+
+
+def test_legacy_tls_only_spice():
+    stats = {"displayType": "qxl", "displayPort": "-1", "displaySecurePort": "5901", "displayIp": "h"}
+    assert consoles_from_stats(stats, HOST) == [ConsoleAddress(SPICE, "h", None, 5901)]
+    stats = {"displayType": "qxl", "displayPort": "5900", "displaySecurePort": "", "displayIp": "h"}
+    assert consoles_from_stats(stats, HOST) == [ConsoleAddress(SPICE, "h", 5900, None)]
+
+
+def test_display_info_tls_only_and_plain_entries():
+    stats = {
+        "displayInfo": [
+            {"type": "qxl", "port": "-1", "tlsPort": "5901", "ipAddress": "h"},
+            {"type": "vnc", "port": "5900", "tlsPort": "", "ipAddress": "h"},
+        ]
+    }
+    assert consoles_from_stats(stats, HOST) == [
+        ConsoleAddress(SPICE, "h", None, 5901),
+        ConsoleAddress(VNC, "h", 5900, None),
+    ]
+
+
+def test_legacy_flag_ignores_display_info():
+    stats = {
+        "displayInfo": [{"type": "vnc", "port": "5901", "ipAddress": "h"}],
+        "displayType": "qxl",
+        "displayPort": "5900",
+        "displayIp": "h",
+    }
+    assert consoles_from_stats(stats, HOST, legacy=True) == [ConsoleAddress(SPICE, "h", 5900, None)]
+    assert consoles_from_stats(stats, HOST) == [ConsoleAddress(VNC, "h", 5901, None)]
+
+
+def test_primary_is_spice_else_the_first():
+    from multiconsole.wire.stats import primary
+
+    vnc1, vnc2, spice = live(VNC, 5900), live(VNC, 5901), live(SPICE, 5902)
+    assert primary([vnc1, vnc2, spice]) is spice
+    assert primary([vnc2, vnc1]) is vnc2
+    assert primary([]) is None
+
+
+def test_console_records_are_immutable():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        live(VNC, 5900).port = 5901  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ConsoleAddress(VNC, HOST, 5900, None).port = 5901  # type: ignore[misc]
+
+
+def test_booleans_are_no_ports():
+    stats = {"displayInfo": [{"type": "spice", "port": True, "tlsPort": False, "ipAddress": "h"}]}
+    assert consoles_from_stats(stats, HOST) == []
+    legacy = {"displayType": "qxl", "displayPort": True, "displaySecurePort": False}
+    legacy["additionalDisplayPort"] = True
+    assert consoles_from_stats(legacy, HOST) == []

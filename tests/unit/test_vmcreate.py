@@ -757,3 +757,441 @@ def test_drive_counts():
     assert fails(new_form(*many)).reason == "at most 16 disk devices"
     ide = [{**DISK, "path": f"/img/{i}.qcow2", "iface": "ide"} for i in range(5)]
     assert fails(new_form(*ide)).reason == "at most 4 drives on ide"
+
+
+# --- exact fields and messages (mutation testing: a changed text must fail a test) --------
+
+ALLOWED_CHANNELS = "main, display, inputs, cursor, playback, record, smartcard, usbredir"
+DISK0 = {"type": "disk", "device": "disk", "path": "/img/a.qcow2", "format": "qcow2"}
+
+
+def disk(**kw) -> dict:
+    return new_form({**DISK0, **kw})
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "reason"),
+    [
+        (None, "vmParams", "must be an object"),
+        (
+            {"vmName": 5},
+            "vmName",
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ),
+        (
+            {"vmName": "-x"},
+            "vmName",
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ),
+        ({"memSize": True}, "memSize", "must be a whole number, not a boolean"),
+        ({"memSize": "lots"}, "memSize", "'lots' is not a whole number"),
+        ({"memSize": "1234567890123"}, "memSize", "'1234567890123' is not a whole number"),
+        ({"memSize": 1.5}, "memSize", "must be a whole number"),
+        ({"memSize": None}, "memSize", "must be a whole number"),
+        ({"smp": 0}, "smp", "0 is out of range 1..256"),
+        ({"displayPort": 70000}, "displayPort", "70000 is out of range -1..65535"),
+        ({"displaySecurePort": "x"}, "displaySecurePort", "'x' is not a whole number"),
+        ({"devices": {}}, "devices", "must be a list of device objects"),
+        ({"devices": [5]}, "devices[0]", "must be an object"),
+        (
+            {"devices": [{"type": "nic"}]},
+            "devices[0].type",
+            "unknown device type 'nic': expected video, graphics or disk",
+        ),
+        (new_form(QXL, {**QXL, "specParams": 3}), "devices[1].specParams", "must be an object"),
+        (
+            new_form(SPICE, {"type": "graphics", "device": "qxl"}),
+            "devices[1].device",
+            "only one graphics device per type: a second spice device",
+        ),
+        (new_form(QXL, QXL, QXL, QXL, QXL), "devices", "at most 4 video devices"),
+        (
+            new_form(QXL, {"type": "video", "device": "none"}),
+            "devices",
+            "video 'none' cannot stand beside other video devices",
+        ),
+        (
+            new_form({"type": "video", "device": "none"}, VNC),
+            "devices",
+            "video 'none' cannot show a graphics console: pick another video",
+        ),
+        (
+            new_form({**QXL, "deviceId": "a b"}),
+            "devices[0].deviceId",
+            "'a b' is not a device id: 1-64 letters, digits, '-' or '_' (a UUID)",
+        ),
+        (
+            new_form({"type": "video", "device": "vga2"}),
+            "devices[0].device",
+            "unknown video model 'vga2': expected one of qxl, vga, cirrus, bochs, virtio, none",
+        ),
+        (
+            new_form({**QXL, "specParams": {"vram": 512}}),
+            "devices[0].specParams.vram",
+            "512 is out of range 1024..1048576",
+        ),
+        (
+            new_form({**QXL, "specParams": {"heads": "5"}}),
+            "devices[0].specParams.heads",
+            "5 is out of range 1..4",
+        ),
+        (
+            new_form({**QXL, "specParams": {"ram": 1}}),
+            "devices[0].specParams.ram",
+            "1 is out of range 1024..1048576",
+        ),
+        (
+            new_form({**QXL, "specParams": {"vgamem": 1}}),
+            "devices[0].specParams.vgamem",
+            "1 is out of range 1024..1048576",
+        ),
+        (
+            new_form({"type": "video", "device": "none", "specParams": {"heads": 1}}),
+            "devices[0].specParams",
+            "video 'none' takes no parameters",
+        ),
+        (
+            new_form({"type": "video", "device": "cirrus", "specParams": {"ram": 1024}}),
+            "devices[0].specParams.ram",
+            "only qxl video has 'ram'",
+        ),
+        (
+            new_form({"type": "video", "device": "vga", "specParams": {"vgamem": 1024}}),
+            "devices[0].specParams.vgamem",
+            "only qxl video has 'vgamem'",
+        ),
+        (
+            new_form({**QXL, "address": 5}),
+            "devices[0].address",
+            "must be an object with type, domain, bus, slot and function",
+        ),
+        (
+            new_form({**QXL, "address": {"type": "isa"}}),
+            "devices[0].address.type",
+            "only 'pci' addresses are supported for video",
+        ),
+        (
+            new_form({**QXL, "address": {"type": "pci", "slot": 1}}),
+            "devices[0].address.bus",
+            "must be a number such as '0x02'",
+        ),
+        (
+            new_form({**QXL, "address": {"type": "pci", "bus": 0, "slot": "two"}}),
+            "devices[0].address.slot",
+            "'two' is not a number",
+        ),
+        (
+            new_form({**QXL, "address": {"type": "pci", "bus": 0, "slot": 32}}),
+            "devices[0].address.slot",
+            "must be between 0 and 0x1f",
+        ),
+        (
+            new_form({**QXL, "address": {"type": "pci", "bus": 256, "slot": 1}}),
+            "devices[0].address.bus",
+            "must be between 0 and 0xff",
+        ),
+        (
+            new_form({**QXL, "address": {"type": "pci", "bus": -1, "slot": 1}}),
+            "devices[0].address.bus",
+            "must be between 0 and 0xff",
+        ),
+        (
+            new_form({"type": "graphics", "device": "sdl"}),
+            "devices[0].device",
+            "unknown graphics type 'sdl': expected spice or vnc",
+        ),
+        (
+            new_form({**SPICE, "specParams": {"keyMap": "EN"}}),
+            "devices[0].specParams.keyMap",
+            "'EN' is not a keyboard layout such as 'en-us'",
+        ),
+        (
+            new_form({**VNC, "specParams": {"displayNetwork": "a b"}}),
+            "devices[0].specParams.displayNetwork",
+            "'a b' is not a network name",
+        ),
+        (
+            new_form({**VNC, "specParams": {"displayIp": "host"}}),
+            "devices[0].specParams.displayIp",
+            "'host' is not an IP address",
+        ),
+        (
+            new_form({**VNC, "specParams": {"displayIp": "fe80::1%eth0"}}),
+            "devices[0].specParams.displayIp",
+            "'fe80::1%eth0' is not an IP address",
+        ),
+        (
+            new_form({**VNC, "specParams": {"displayIp": "10.0.0.1", "displayNetwork": "ovirtmgmt"}}),
+            "devices[0].specParams.displayIp",
+            "give displayIp or displayNetwork, not both",
+        ),
+        (
+            new_form({**SPICE, "specParams": {"spiceSecureChannels": ["smain"]}}),
+            "devices[0].specParams.spiceSecureChannels",
+            "must be a comma-separated list such as 'smain,sinputs'",
+        ),
+        (
+            new_form({**SPICE, "specParams": {"spiceSecureChannels": "smain, sbogus"}}),
+            "devices[0].specParams.spiceSecureChannels",
+            f"unknown SPICE channel 'sbogus': expected some of {ALLOWED_CHANNELS}",
+        ),
+        (
+            new_form({**SPICE, "specParams": {"copyPasteEnable": "yes"}}),
+            "devices[0].specParams.copyPasteEnable",
+            "'yes' is not 'true' or 'false'",
+        ),
+        (
+            new_form({**SPICE, "specParams": {"fileTransferEnable": 1}}),
+            "devices[0].specParams.fileTransferEnable",
+            "1 is not 'true' or 'false'",
+        ),
+        (
+            {"display": "qxl", "spiceSecureChannels": "bogus"},
+            "spiceSecureChannels",
+            f"unknown SPICE channel 'bogus': expected some of {ALLOWED_CHANNELS}",
+        ),
+        ({"display": "qxl", "copyPasteEnable": "no"}, "copyPasteEnable", "'no' is not 'true' or 'false'"),
+        (
+            {"display": "qxl", "fileTransferEnable": "no"},
+            "fileTransferEnable",
+            "'no' is not 'true' or 'false'",
+        ),
+        ({"display": "vnc", "displayNetwork": "a b"}, "displayNetwork", "'a b' is not a network name"),
+        ({"display": "vnc", "displayIp": "1.2.3"}, "displayIp", "'1.2.3' is not an IP address"),
+        (
+            {"display": "vnc", "keyboardLayout": "EN"},
+            "keyboardLayout",
+            "'EN' is not a keyboard layout such as 'en-us'",
+        ),
+        ({"display": "qxl", "spiceMonitors": 5}, "spiceMonitors", "5 is out of range 1..4"),
+        (disk(device="floppy"), "devices[0].device", "unknown drive 'floppy': expected disk or cdrom"),
+        (disk(format="vmdk"), "devices[0].format", "unknown format 'vmdk': expected raw or qcow2"),
+        (disk(format=""), "devices[0].format", "unknown format '': expected raw or qcow2"),
+        (disk(device="cdrom", format="cow"), "devices[0].format", "a cdrom is a raw ISO image"),
+        (disk(iface="scsi"), "devices[0].iface", "unknown bus 'scsi': expected virtio, sata or ide"),
+        (
+            disk(device="cdrom", format="raw", iface="virtio"),
+            "devices[0].iface",
+            "a cdrom sits on sata or ide, not virtio",
+        ),
+        (disk(readonly="yes"), "devices[0].readonly", "'yes' is not 'true' or 'false'"),
+        (disk(bootOrder=65), "devices[0].bootOrder", "65 is out of range 1..64"),
+        (disk(path=""), "devices[0].path", "must be the absolute path of an image file"),
+        (disk(path=7), "devices[0].path", "must be the absolute path of an image file"),
+        (
+            disk(path="/img/a\x1f"),
+            "devices[0].path",
+            "must be a path without control characters, at most 4096 long",
+        ),
+        (
+            disk(path="/img/a\x7f"),
+            "devices[0].path",
+            "must be a path without control characters, at most 4096 long",
+        ),
+        (
+            disk(path="/" + "a" * 4096),
+            "devices[0].path",
+            "must be a path without control characters, at most 4096 long",
+        ),
+        (disk(path="img/a"), "devices[0].path", "'img/a' is not an absolute path"),
+        (
+            disk(path="/img/../a"),
+            "devices[0].path",
+            "'/img/../a' is not a normalised path (no '..', '.' or '//')",
+        ),
+        (
+            disk(path="/img/./a"),
+            "devices[0].path",
+            "'/img/./a' is not a normalised path (no '..', '.' or '//')",
+        ),
+        (
+            new_form(
+                DISK0, {**DISK0, "path": "/c", "bootOrder": 2}, {**DISK0, "path": "/b", "bootOrder": "2"}
+            ),
+            "devices[2].bootOrder",
+            "bootOrder 2 is already devices[1]'s",
+        ),
+        (
+            new_form({**DISK0, "readonly": True}, DISK0),
+            "devices[1].path",
+            "devices[0] uses the same file: only read-only drives may share one",
+        ),
+    ],
+)
+def test_refusal_names_exact_field_and_reason(params, field, reason):
+    err = fails(params)
+    assert (err.field, err.reason) == (field, reason)
+
+
+@pytest.mark.parametrize(
+    ("params", "vm_id", "field", "reason"),
+    [
+        ({"vmId": 5}, VM_ID, "vmId", "must be a UUID string"),
+        ({}, None, "vmID", "must be a UUID string"),
+        ({"vmId": "x"}, VM_ID, "vmId", "'x' is not a UUID"),
+        ({}, "y", "vmID", "'y' is not a UUID"),
+        ({"vmId": VM_ID}, "z", "vmID", "'z' is not a UUID"),
+        (
+            {"vmId": VM_ID},
+            "6c1b7a8e-3f55-4a8b-9d2e-2f4c8a1e9b02",
+            "vmParams.vmId",
+            "differs from the vmID of the call",
+        ),
+    ],
+)
+def test_vm_id_refusals_exact(params, vm_id, field, reason):
+    err = fails(params, vm_id)
+    assert (err.field, err.reason) == (field, reason)
+
+
+def test_vm_id_only_in_params_or_in_another_spelling():
+    assert parse({"vmId": VM_ID}, None).vm_id == VM_ID
+    assert parse({"vmId": VM_ID.upper()}, VM_ID).vm_id == VM_ID
+    assert parse({"vmId": VM_ID}, VM_ID.upper()).vm_id == VM_ID
+    assert parse({}, VM_ID.upper()).vm_id == VM_ID
+
+
+def test_whole_numbers_in_every_spelling():
+    assert parse({"memSize": " 512 "}).memory_mib == 512
+    assert parse({"memSize": 512.0}).memory_mib == 512
+    assert parse({"memSize": "000000000512"}).memory_mib == 512  # 12 digits
+    assert parse({"displayPort": "-1", "displaySecurePort": -1}).graphics == ()
+
+
+def test_legacy_spice_defaults_and_options():
+    got = parse({"display": "qxl"})
+    assert got.video == (Video(model=VideoModel.QXL, vram=65536, heads=1),)
+    assert got.graphics == (Graphics(type=GraphicsType.SPICE),)
+    g = parse({"display": "qxl", "copyPasteEnable": "", "fileTransferEnable": None}).graphics[0]
+    assert (g.copy_paste, g.file_transfer, g.image_compression) == (True, True, True)
+    g = parse({"display": "qxl", "copyPasteEnable": "FALSE", "fileTransferEnable": False}).graphics[0]
+    assert (g.copy_paste, g.file_transfer) == (False, False)
+    g = parse({"display": "qxl", "copyPasteEnable": "True", "fileTransferEnable": True}).graphics[0]
+    assert (g.copy_paste, g.file_transfer) == (True, True)
+
+
+def test_vnc_keeps_copy_paste_and_file_transfer_on_and_ignores_their_values():
+    g = parse(
+        new_form({**VNC, "specParams": {"copyPasteEnable": "false", "fileTransferEnable": "x"}})
+    ).graphics[0]
+    assert (g.copy_paste, g.file_transfer, g.secure_channels) == (True, True, ())
+
+
+def test_new_form_graphics_options_read_by_their_names():
+    params = {"keyMap": "de", "displayNetwork": "ovirtmgmt", "spiceSecureChannels": "smain"}
+    g = parse(new_form({**SPICE, "specParams": params})).graphics[0]
+    assert (g.keymap, g.listen_network, g.listen_address, g.secure_channels) == (
+        "de",
+        "ovirtmgmt",
+        None,
+        ("main",),
+    )
+    g = parse(new_form({**SPICE, "specParams": {"displayIp": "::ffff:10.0.0.1", "keyMap": ""}})).graphics[0]
+    assert (g.listen_address, g.keymap, g.listen_network) == ("::ffff:a00:1", None, None)
+    g = parse(new_form({**VNC, "specParams": {"displayNetwork": "", "displayIp": None}})).graphics[0]
+    assert (g.listen_address, g.listen_network) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "channels"),
+    [
+        ("smartcard", ("smartcard",)),
+        ("ssmartcard", ("smartcard",)),
+        ("sdisplay, display ,main", ("display", "main")),
+        ("", ()),
+    ],
+)
+def test_secure_channel_names_with_and_without_the_s(value, channels):
+    g = parse(new_form({**SPICE, "specParams": {"spiceSecureChannels": value}})).graphics[0]
+    assert g.secure_channels == channels
+
+
+def test_empty_and_missing_address_is_none():
+    for address in ({}, "", None):
+        assert parse(new_form({**QXL, "address": address})).video[0].address is None
+    got = parse(new_form({**QXL, "address": {"type": "pci", "bus": "0x0", "slot": 0}})).video[0].address
+    assert got == PciAddress(domain=0, bus=0, slot=0, function=0)
+
+
+def test_video_values_empty_are_left_out():
+    v = parse(
+        new_form({**QXL, "specParams": {"vram": "", "heads": None, "ram": "2048", "vgamem": 1024}})
+    ).video[0]
+    assert v == Video(model=VideoModel.QXL, ram=2048, vgamem=1024)
+
+
+def test_drive_edges():
+    # 16 drives, 4 on ide, boot orders 1 and 64, a path of 4096 and one with a space: all fine.
+    many = [{**DISK0, "path": f"/img/{i}.qcow2"} for i in range(12)]
+    ide = [{**DISK0, "path": f"/ide/{i}.qcow2", "iface": "ide"} for i in range(4)]
+    ide[0]["bootOrder"], ide[1]["bootOrder"] = 1, "64"
+    long_path = "/" + "a" * 4095
+    many[0]["path"] = long_path
+    many[1]["path"] = "/img/a b.qcow2"
+    drives = parse(new_form(*many, *ide)).drives
+    assert len(drives) == 16
+    assert (drives[0].path, drives[1].path) == (long_path, "/img/a b.qcow2")
+    assert [d.boot_order for d in drives[12:]] == [1, 64, None, None]
+
+
+def test_drive_empty_options_take_the_defaults():
+    d = parse(disk(readonly="", bootOrder="", iface="")).drives[0]
+    assert (d.readonly, d.boot_order, d.bus, d.format) == (False, None, DriveBus.VIRTIO, DriveFormat.QCOW2)
+    d = parse(disk(readonly=None, format="raw", iface="sata")).drives[0]
+    assert (d.readonly, d.format, d.bus) == (False, DriveFormat.RAW, DriveBus.SATA)
+    d = parse(disk(readonly="TRUE")).drives[0]
+    assert d.readonly is True
+
+
+def test_two_empty_cdrom_trays_share_no_file():
+    tray = {"type": "disk", "device": "cdrom"}
+    drives = parse(new_form(tray, {**tray, "iface": "sata"})).drives
+    assert [(d.path, d.readonly) for d in drives] == [(None, True), (None, True)]
+
+
+def test_parsed_values_are_enum_members_not_strings():
+    got = parse(new_form(QXL, SPICE, DISK0, {"type": "disk", "device": "cdrom", "iface": "sata"}))
+    assert type(got.video[0].model) is VideoModel
+    assert type(got.graphics[0].type) is GraphicsType
+    disk_drive, cdrom = got.drives
+    assert (type(disk_drive.device), type(disk_drive.format), type(disk_drive.bus)) == (
+        DriveDevice,
+        DriveFormat,
+        DriveBus,
+    )
+    assert (type(cdrom.device), type(cdrom.format), type(cdrom.bus)) == (DriveDevice, DriveFormat, DriveBus)
+    raw = parse(disk(format="raw")).drives[0]
+    assert type(raw.format) is DriveFormat
+
+
+def test_four_video_devices_of_any_model_but_none():
+    got = parse(new_form(QXL, {"type": "video", "device": "vga"}, QXL, {"type": "video", "device": "virtio"}))
+    assert [v.model for v in got.video] == [VideoModel.QXL, VideoModel.VGA, VideoModel.QXL, VideoModel.VIRTIO]
+
+
+def test_drive_count_refusals_name_the_devices():
+    many = [{**DISK0, "path": f"/img/{i}.qcow2"} for i in range(17)]
+    err = fails(new_form(*many))
+    assert (err.field, err.reason) == ("devices", "at most 16 disk devices")
+    ide = [{**DISK0, "path": f"/img/{i}.qcow2", "iface": "ide"} for i in range(5)]
+    err = fails(new_form(*ide))
+    assert (err.field, err.reason) == ("devices", "at most 4 drives on ide")
+
+
+@pytest.mark.parametrize("form", ["new", "legacy"])
+def test_empty_display_ip_is_no_address(form):
+    if form == "new":
+        spec_params = {"displayIp": "", "displayNetwork": "ovirtmgmt"}
+        g = parse(new_form({**VNC, "specParams": spec_params})).graphics[0]
+    else:
+        g = parse({"display": "vnc", "displayIp": "", "displayNetwork": "ovirtmgmt"}).graphics[0]
+    assert (g.listen_address, g.listen_network) == (None, "ovirtmgmt")
+
+
+@pytest.mark.parametrize("path", ["/..", "/a/..", "/../a", "/a/../../b"])
+def test_parent_components_are_refused(path):
+    err = fails(disk(path=path))
+    assert (err.field, err.reason) == (
+        "devices[0].path",
+        f"{path!r} is not a normalised path (no '..', '.' or '//')",
+    )
