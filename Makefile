@@ -10,7 +10,7 @@ demo: setup
 
 test: setup
 	@.venv/bin/ruff check multiconsole tests bench
-	@.venv/bin/pytest -q -p no:cacheprovider
+	@.venv/bin/pytest -q -p no:cacheprovider --durations=15
 
 unit: setup
 	@.venv/bin/pytest -q tests/unit tests/engine
