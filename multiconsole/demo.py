@@ -471,4 +471,4 @@ def _what_now(out: Console, vm_name: str, state: str, engine_url: str) -> None:
         "  or beside each console in the VMs list.",
         "Then look again: the guest echoes what you typed and runs it. What it writes under /data stays.",
     ]
-    out.print(Panel("\n".join(lines), title="what to do now", expand=False), soft_wrap=True, highlight=False)
+    out.print(Panel("\n".join(lines), title="what to do now", expand=False), highlight=False)

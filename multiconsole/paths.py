@@ -41,15 +41,27 @@ def make_private(path: Path) -> None:
     except FileNotFoundError:
         return
     mode = stat.S_IMODE(st.st_mode)
-    if not mode & 0o077 or st.st_uid != os.geteuid() or mode & stat.S_ISVTX:
+    # A host agent on the same machine lets QEMU (group kvm) through the data directory to its
+    # disks (agent/images.py): search, not list. That is not too open.
+    through = 0o010 if stat.S_ISDIR(st.st_mode) and mode & 0o010 and st.st_gid == _kvm_gid() else 0
+    if not mode & (0o077 & ~through) or st.st_uid != os.geteuid() or mode & stat.S_ISVTX:
         return
-    wanted = PRIVATE_DIR if stat.S_ISDIR(st.st_mode) else PRIVATE_FILE
+    wanted = (PRIVATE_DIR | through) if stat.S_ISDIR(st.st_mode) else PRIVATE_FILE
     try:
         path.chmod(wanted)
     except OSError as err:
         log.warning("mode too open, not narrowed path=%s mode=%o reason=%s", path, mode, err.strerror)
         return
     log.warning("mode too open, narrowed path=%s mode=%o now=%o", path, mode, wanted)
+
+
+def _kvm_gid() -> int | None:
+    try:
+        import grp
+
+        return grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return None
 
 
 def private_file(path: Path, mode: str = "ab"):
