@@ -42,7 +42,11 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_display.py",
         "tests/engine/test_rules_matrix.py -k sqlite",
     ],
-    "multiconsole/domain/devices.py": ["tests/unit/test_display.py", "tests/unit/test_vmcreate.py"],
+    "multiconsole/domain/devices.py": [
+        "tests/unit/test_devices.py",
+        "tests/unit/test_display.py",
+        "tests/unit/test_vmcreate.py",
+    ],
     "multiconsole/proxy/tickets.py": ["tests/unit/test_proxy_tickets.py", "tests/unit/test_proxy.py"],
     "multiconsole/wire/stats.py": ["tests/unit/test_stats.py", "tests/unit/test_wire_edges.py"],
     "multiconsole/wire/vmcreate.py": ["tests/unit/test_wire_edges.py", "tests/unit/test_vmcreate.py"],
@@ -490,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         parser.error(f"not a module with tests listed in MODULES: {', '.join(unknown)}")
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a log keeps whole lines
     mutants = [m for module in modules for m in mutants_of(module)]
     if args.keys:
         wanted = {line.strip() for line in Path(args.keys).read_text().splitlines() if line.strip()}
