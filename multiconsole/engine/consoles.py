@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, object_session, selectinload, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from multiconsole.domain.devices import GraphicsType
 from multiconsole.domain.display import DisplayConfig, multi_console
@@ -270,27 +271,39 @@ def on_agent_event(sessions: sessionmaker, host_id: str, event: dict) -> None:
         session.commit()
 
 
+def _claim(session: Session, console: VmConsole, **values: Any) -> bool:
+    """Change who holds a console only if nobody changed it since this session read it: the
+    graphics event and the monitor's poll may record the same session at the same moment, and
+    only one of them may write it (and its audit entry)."""
+    seen = console.holder
+    done = session.execute(
+        update(VmConsole)
+        .where(
+            VmConsole.vm_id == console.vm_id,
+            VmConsole.protocol == console.protocol,
+            VmConsole.holder.is_(None) if seen is None else VmConsole.holder == seen,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:
+        session.refresh(console)  # the other writer's version
+        return False
+    for key, value in values.items():
+        set_committed_value(console, key, value)
+    return True
+
+
 def _connected(session: Session, vm: Vm, console: VmConsole, ip: str | None, at: datetime, detail="") -> None:
-    console.holder = console.ticket_user or "unknown"
-    console.client_address = ip
-    console.connected_at = at
-    console.session_at = now()
-    audit(session, "console connected", console.holder, vm, console.protocol, ip, detail, at=at)
+    holder = console.ticket_user or "unknown"
+    if _claim(session, console, holder=holder, client_address=ip, connected_at=at, session_at=now()):
+        audit(session, "console connected", holder, vm, console.protocol, ip, detail, at=at)
 
 
 def _disconnected(session: Session, vm: Vm, console: VmConsole, at: datetime | None, detail="") -> None:
-    audit(
-        session,
-        "console disconnected",
-        console.holder,
-        vm,
-        console.protocol,
-        console.client_address,
-        detail,
-        at=at,
-    )
-    console.holder = console.client_address = console.connected_at = None
-    console.session_at = now()
+    holder, address = console.holder, console.client_address
+    if _claim(session, console, holder=None, client_address=None, connected_at=None, session_at=now()):
+        audit(session, "console disconnected", holder, vm, console.protocol, address, detail, at=at)
 
 
 def _agent_time(value: object) -> datetime | None:

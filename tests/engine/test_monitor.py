@@ -177,3 +177,33 @@ def test_the_poll_records_console_sessions_whose_events_were_lost(api, tmp_path)
         assert entry["client_address"] == "192.0.2.7"
     finally:
         host.stop()
+
+
+def test_an_event_and_a_poll_recording_one_session_at_once_write_it_once(api, tmp_path):
+    """The graphics event and the monitor's poll both read "nobody holds it" before either
+    wrote: only the first to write records the session (one audit entry, not two)."""
+    from sqlalchemy import select
+
+    from multiconsole.engine import consoles
+    from multiconsole.engine.db import AuditEntry, Vm, now
+
+    host = FakeHost(tmp_path, manager_cls=ListeningVmManager)
+    try:
+        setup_cluster(api, host)
+        ok(api.post("/api/v1/vms", json=VM), 201)
+        vm_id = ok(api.post("/api/v1/vms/web1/start"))["id"]
+        sessions = api.app.state.sessions
+        with sessions() as first, sessions() as second:
+            vm_a, vm_b = (s.get(Vm, vm_id) for s in (first, second))
+            vnc_a, vnc_b = (next(c for c in v.consoles if c.protocol == "vnc") for v in (vm_a, vm_b))
+            assert vnc_a.holder is None and vnc_b.holder is None  # both saw nobody
+            consoles._connected(first, vm_a, vnc_a, "192.0.2.7", now())
+            first.commit()
+            consoles._connected(second, vm_b, vnc_b, "192.0.2.8", now(), "found by polling")
+            second.commit()
+            assert vnc_b.client_address == "192.0.2.7"  # the first writer's session stands
+        with sessions() as s:
+            entries = s.scalars(select(AuditEntry).where(AuditEntry.event == "console connected")).all()
+            assert [e.client_address for e in entries] == ["192.0.2.7"]
+    finally:
+        host.stop()
