@@ -316,6 +316,10 @@ def _agent_time(value: object) -> datetime | None:
         return None
 
 
+# The detail of a session change the poll found before (or instead of) its graphics event.
+POLLED = "found by polling the host"
+
+
 def reconcile_sessions(session: Session, vm: Vm, stats: dict, asked_at: datetime) -> None:
     """Correct who holds the VM's consoles from the clients its host's stats list
     (`consoleClients`), for sessions whose events were lost (an agent restarted, a stream
@@ -332,13 +336,13 @@ def reconcile_sessions(session: Session, vm: Vm, stats: dict, asked_at: datetime
             first = min(mine, key=lambda c: c.get("since") or 0)
             ip = first.get("ipAddress") if isinstance(first.get("ipAddress"), str) else None
             at = _agent_time(first.get("since")) or now()
-            _connected(session, vm, console, ip, at, "found by polling the host (its event was lost)")
+            _connected(session, vm, console, ip, at, POLLED)
         elif not mine and console.holder is not None:
             # The host knows only clients that connected since it started: of an older
             # session it cannot say it ended.
             connected = utc(console.connected_at)
             if known_since is not None and connected is not None and connected >= known_since:
-                _disconnected(session, vm, console, None, "found by polling the host (its event was lost)")
+                _disconnected(session, vm, console, None, POLLED)
 
 
 def audit_entries(

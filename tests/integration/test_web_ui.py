@@ -458,11 +458,16 @@ def test_taking_over_a_console_a_real_client_holds(engine, tmp_path):
                 assert [(e["user"], e["protocol"], e["client_address"]) for e in taken] == [
                     (ADMIN[0], "spice", "127.0.0.1")
                 ]
-                assert events()[2:] == [
+                # The disconnect is recorded once: by its graphics event, or by the monitor's
+                # poll when that saw the client gone first.
+                assert events()[2:4] == [
                     ("console taken over", ADMIN[0], f"from {HOLDER[0]}"),
                     ("console ticket issued", ADMIN[0], "valid 120 s, existing client: disconnect"),
-                    ("console disconnected", HOLDER[0], ""),
                 ]
+                assert events()[4:] in (
+                    [("console disconnected", HOLDER[0], "")],
+                    [("console disconnected", HOLDER[0], "found by polling the host")],
+                )
                 expect(spice.locator(".holder")).to_have_text("nobody connected", timeout=10000)
                 page.screenshot(path=str(shots / "24-console-taken-over.png"))
             finally:
